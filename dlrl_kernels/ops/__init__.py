@@ -1,0 +1,1 @@
+"""One op per file: validation, dispatch, the autograd.Function and the reference twin."""

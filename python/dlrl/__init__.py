@@ -1,0 +1,1 @@
+"""DLRL: differentiable low-rank matrix completion."""
