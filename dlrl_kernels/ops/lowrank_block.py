@@ -45,9 +45,9 @@ class LowRankBlockFn(torch.autograd.Function):
             if backend == "triton":
                 from .._triton import small_matrix as k
 
-                P = k.newton_power(S, a, None)
+                P = k.newton_power(S, a, None, rtol)
             else:
-                P = newton_power(S, a)
+                P = newton_power(S, a, None, rtol)
             ctx.eig = None
         c = None
         if normalize == "trace":
@@ -57,7 +57,7 @@ class LowRankBlockFn(torch.autograd.Function):
         else:
             N = P
         T = W @ N
-        ctx.a, ctx.method, ctx.normalize, ctx.backend = a, method, normalize, backend
+        ctx.a, ctx.method, ctx.normalize, ctx.backend, ctx.rtol = a, method, normalize, backend, rtol
         ctx.save_for_backward(Y, W, S, P, N, T, c if c is not None else torch.empty(0))
         return torch.relu(T)
 
@@ -80,9 +80,9 @@ class LowRankBlockFn(torch.autograd.Function):
         elif ctx.backend == "triton":
             from .._triton import small_matrix as k
 
-            gS = k.newton_power_backward(S, ctx.a, gP, None)
+            gS = k.newton_power_backward(S, ctx.a, gP, None, ctx.rtol)
         else:
-            gS = newton_power_backward(S, ctx.a, gP)
+            gS = newton_power_backward(S, ctx.a, gP, None, ctx.rtol)
         gY = Y @ (gS + gS.transpose(-1, -2))
         return gY, gW, None, None, None, None, None
 

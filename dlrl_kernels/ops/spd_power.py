@@ -20,7 +20,10 @@ method="newton" is matmul only (no eigh), for GPUs and fusion:
 - dyadic a ∈ (0, 1) (a = Σ b_j 2^{−j}, up to ``MAX_BITS`` bits): nested coupled Newton–Schulz
   square roots R_j = A^{2^{−j}} (Y_0 = A, Z_0 = I, T = ½(3I − ZY), Y ← YT, Z ← TZ) and the
   product of the R_j with b_j = 1;
-- a ≤ 0: A^a = A⁺ · A^{1+a} with the Newton–Schulz pseudo-inverse of ``pinv``;
+- a ≤ 0: the range is decided by the same threshold rtol as the eigh route, through a
+  Newton–Schulz *sign* iteration (``psd_pinv_newton``), then A⁺ by a Newton–Schulz inverse of
+  the full-rank A + (I − P); A^a from the inverse roots of the square-root iteration (full
+  rank) or A⁺·A^{1+a} (singular), sandwiched by the projector;
 - its backward is the same iteration run in forward mode (dual numbers: the top-right block
   of the iteration applied to [[S, C],[0, S]], computed with 3 products instead of 8) on the
   symmetrised incoming gradient — the Fréchet derivative is self-adjoint for symmetric S —
@@ -35,7 +38,6 @@ import torch
 
 from .. import _dispatch
 from .._validate import check_method, check_power, check_square
-from .pinv import ns_pinv
 
 MAX_BITS = 10
 
@@ -49,7 +51,7 @@ def default_rtol(S):
 
 
 def default_sqrt_iters(dtype):
-    return 40 if dtype == torch.float64 else 32
+    return 40 if dtype == torch.float64 else 18
 
 
 def dyadic_bits(a: float):
@@ -125,10 +127,13 @@ def _dmm(A, dA, B, dB):
 def ns_sqrt(A, iters=None, dA=None):
     """Coupled Newton–Schulz: (A^{1/2}, A^{-1/2} on the range, tangents). Spectrum of A in [0, 1].
 
-    Stop rule (per matrix, no host sync on GPU): the relative step ‖Y_{k+1} − Y_k‖/‖Y_{k+1}‖
-    falls quadratically once the range has converged; a slightly negative eigenvalue −δ
-    (rounding of a singular A, or a perturbation) then grows 1.5× per step and would blow up
-    after ≈ ln(1/δ)/(2 ln 1.5) steps, so each matrix is frozen at the step minimum.
+    Iteration count: a small eigenvalue λ needs ≈ log(1/λ)/log(2.25) + 5 steps (zy grows
+    2.25× per step until ≈ 1, then converges quadratically), so the default count resolves
+    κ ≈ 1e12 in float64 and κ ≈ 1e4 in float32. Each matrix exits early once the relative
+    step ‖Y_{k+1} − Y_k‖/‖Y_{k+1}‖ reaches the rounding floor. Guard: a slightly negative
+    eigenvalue −δ (rounding of a singular A, a perturbation) grows 1.5×, then explodes after
+    ≈ ln(1/δ)/(2 ln 1.5) steps; a healthy step is never larger than ½‖Y‖, so a matrix whose
+    relative step exceeds 0.75 is frozen at its previous iterate.
     """
     if iters is None:
         iters = default_sqrt_iters(A.dtype)
@@ -147,7 +152,7 @@ def ns_sqrt(A, iters=None, dA=None):
         Yn, dYn = _dmm(Y, dY, T, dT)
         Zn, dZn = _dmm(T, dT, Z, dZ)
         rel = torch.linalg.matrix_norm(Yn - Y) / torch.linalg.matrix_norm(Yn).clamp_min(tiny)
-        stop = (prev <= floor) | ((prev < 0.25) & (rel >= prev))
+        stop = (prev <= floor) | (rel > 0.75)
         active = active & ~stop
         a = active[..., None, None]
         Y, Z = torch.where(a, Yn, Y), torch.where(a, Zn, Z)
@@ -166,7 +171,43 @@ def newton_scale(S):
     return torch.where(c > 0, c, torch.ones_like(c))
 
 
-def _newton_unit_power(A, a, iters, pinv_iters, dA=None):
+def psd_pinv_newton(A, rtol, dA=None):
+    """Pseudo-inverse and range projector of symmetric PSD A (spectrum in [0, 1]), matmul only.
+
+    The range is decided by the same threshold as the eigh route (λ > τ = rtol):
+      1. P = (I + sign(A − τI))/2 by the Newton–Schulz sign iteration X ← ½X(3I − X²)
+         (stable: ±1 attract, so null-space rounding does not grow; ≈ log(1/τ)/log 1.5 + 6
+         steps bring the eigenvalues next to τ to ±1);
+      2. B = A + (I − P) is full rank with spectrum in [τ, 1]: Newton–Schulz inverse
+         Y ← Y(2I − BY) from Y = B (≈ 2 log2(1/τ) + 6 steps, no null space to blow up);
+      3. A⁺ = P Y P.
+    With ``dA`` the tangents are carried through the same steps (forward mode).
+    Returns (A⁺, dA⁺, P, dP).
+    """
+    d = A.shape[-1]
+    I = torch.eye(d, dtype=A.dtype, device=A.device)
+    tau = float(rtol)
+    n_sign = int(math.ceil(math.log(1.0 / tau) / math.log(1.5))) + 6
+    n_inv = int(math.ceil(2 * math.log2(1.0 / tau))) + 6
+    X, dX = A - tau * I, dA
+    for _ in range(n_sign):
+        X2, dX2 = _dmm(X, dX, X, dX)
+        T = 1.5 * I - 0.5 * X2
+        X, dX = _dmm(X, dX, T, None if dA is None else -0.5 * dX2)
+    P = 0.5 * (I + X)
+    dP = None if dA is None else 0.5 * dX
+    B = A + (I - P)
+    dB = None if dA is None else dA - dP
+    Y, dY = B, dB
+    for _ in range(n_inv):
+        BY, dBY = _dmm(B, dB, Y, dY)
+        Y, dY = _dmm(Y, dY, 2 * I - BY, None if dA is None else -dBY)
+    M, dM = _dmm(P, dP, Y, dY)
+    Ap, dAp = _dmm(M, dM, P, dP)
+    return Ap, dAp, P, dP
+
+
+def _newton_unit_power(A, a, iters, rtol, dA=None):
     """A^a for spectrum in [0,1] (and its tangent), matmul only."""
     if a == 1:
         return A, dA
@@ -189,27 +230,17 @@ def _newton_unit_power(A, a, iters, pinv_iters, dA=None):
                 P, dP = (F, dF) if P is None else _dmm(P, dP, F, dF)
     if a > 0:
         return P, dP
-    Ap, dAp, _ = ns_pinv(A, pinv_iters, dA)
-    # Range projector A⁺A, polished towards idempotence (p ← 3p² − 2p³ squares the error of
-    # every eigenvalue near 0 or 1): in float32 A⁺A carries ≈ eps·κ of rounding otherwise.
-    Pr, dPr = _dmm(Ap, dAp, A, dA)
-    for _ in range(2):
-        Pr2, dPr2 = _dmm(Pr, dPr, Pr, dPr)
-        Pr3, dPr3 = _dmm(Pr2, dPr2, Pr, dPr)
-        Pr = 3 * Pr2 - 2 * Pr3
-        dPr = None if dA is None else 3 * dPr2 - 2 * dPr3
+    Ap, dAp, Pr, dPr = psd_pinv_newton(A, rtol, dA)
     if a == 0.0:
         return Pr, dPr
     if a == -1.0:
         return Ap, dAp
-    # Two routes to A^a on the range, chosen per matrix:
-    # - full rank: the inverse roots Z_j (errors like the square roots themselves);
-    # - singular: Z_j is garbage (≈ 1/√δ) on the null space and the projector cannot remove
-    #   all of it, so use A⁺ · A^{1+a} sandwiched by the projector (A^{1+a} is a positive
-    #   power: only √eps-size rounding on the null space).
+    # Full rank: the inverse roots Z_j are as accurate as the square roots. Singular: Z_j is
+    # garbage (≈ 1/√δ) on the null space, so use A⁺ · A^{1+a} (a positive power, clean
+    # there), sandwiched by the projector. Chosen per matrix from tr P.
     M1, dM1 = _dmm(Pr, dPr, P, dP)
     M1, dM1 = _dmm(M1, dM1, Pr, dPr)
-    P2, dP2 = _newton_unit_power(A, 1.0 + a, iters, pinv_iters, dA)
+    P2, dP2 = _newton_unit_power(A, 1.0 + a, iters, rtol, dA)
     M2, dM2 = _dmm(Ap, dAp, P2, dP2)
     M2, dM2 = _dmm(Pr, dPr, M2, dM2)
     M2, dM2 = _dmm(M2, dM2, Pr, dPr)
@@ -220,24 +251,27 @@ def _newton_unit_power(A, a, iters, pinv_iters, dA=None):
     return out, dout
 
 
-def newton_power(S, a, iters=None, pinv_iters=None):
+def newton_power(S, a, iters=None, rtol=None):
+    if rtol is None:
+        rtol = default_rtol(S)
     c = newton_scale(S)
     A = sym(S) / c[..., None, None]
-    P, _ = _newton_unit_power(A, a, iters, pinv_iters)
+    P, _ = _newton_unit_power(A, a, iters, rtol)
     return P * (c**a)[..., None, None]
 
 
-def newton_power_backward(S, a, C, iters=None, pinv_iters=None):
+def newton_power_backward(S, a, C, iters=None, rtol=None):
+    if rtol is None:
+        rtol = default_rtol(S)
     c = newton_scale(S)
     A = sym(S) / c[..., None, None]
     Cs = sym(C)
     if a != 1:
         # null–null block of the adjoint is zero by convention (module doc)
         I = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
-        Pn = I - A @ ns_pinv(A, pinv_iters)[0]
-        Pn = sym(Pn)
+        Pn = sym(I - psd_pinv_newton(A, rtol)[2])
         Cs = Cs - Pn @ Cs @ Pn
-    _, dP = _newton_unit_power(A, a, iters, pinv_iters, dA=Cs / c[..., None, None])
+    _, dP = _newton_unit_power(A, a, iters, rtol, dA=Cs / c[..., None, None])
     return sym(dP * (c**a)[..., None, None])
 
 
@@ -245,7 +279,7 @@ def newton_power_backward(S, a, C, iters=None, pinv_iters=None):
 class SpdPowerFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, S, a, method, rtol, iters, backend):
-        ctx.a, ctx.method, ctx.iters, ctx.backend = a, method, iters, backend
+        ctx.a, ctx.method, ctx.iters, ctx.backend, ctx.rtol = a, method, iters, backend, rtol
         if method == "eigh":
             out, (lam, Q, rng) = eigh_power(S, a, rtol)
             ctx.save_for_backward(S, lam, Q, rng)
@@ -253,9 +287,9 @@ class SpdPowerFn(torch.autograd.Function):
             if backend == "triton":
                 from .._triton import small_matrix as k
 
-                out = k.newton_power(S, a, iters)
+                out = k.newton_power(S, a, iters, rtol)
             else:
-                out = newton_power(S, a, iters)
+                out = newton_power(S, a, iters, rtol)
             ctx.save_for_backward(S)
         return out
 
@@ -269,9 +303,9 @@ class SpdPowerFn(torch.autograd.Function):
             if ctx.backend == "triton":
                 from .._triton import small_matrix as k
 
-                g = k.newton_power_backward(S, ctx.a, C, ctx.iters)
+                g = k.newton_power_backward(S, ctx.a, C, ctx.iters, ctx.rtol)
             else:
-                g = newton_power_backward(S, ctx.a, C, ctx.iters)
+                g = newton_power_backward(S, ctx.a, C, ctx.iters, ctx.rtol)
         return g, None, None, None, None, None
 
 
@@ -294,8 +328,8 @@ def spd_power(S, a, method: str = "auto", rtol=None, iters=None, backend: str = 
     method: "eigh" (torch.linalg.eigh; exact, any a), "newton" (matmul only, dyadic a) or
     "auto" (newton on CUDA / Triton when a is dyadic, eigh otherwise). ``rtol`` is the
     eigenvalue floor relative to λ_max (default d·eps) used by the eigh route to decide the
-    range; ``iters`` caps the Newton–Schulz square-root steps (default 40 float64, 32 float32; each
-    matrix stops at its step minimum).
+    range; ``iters`` caps the Newton–Schulz square-root steps (default 40 float64, 18 float32; each
+    matrix exits early at the rounding floor).
     Differentiable with a hand-written backward.
     """
     check_square(S, "S")

@@ -1,0 +1,67 @@
+"""Triton kernels of dlrl-kernels (the ``backend="triton"`` twin of ``dlrl_kernels.ops``).
+
+Modules (each implements the "backend primitives" named in the docstring of its op module):
+
+- ``masked_residual``: fused dense residual / loss (rank-d product formed tile by tile in
+  registers, mask or NaN-as-missing in the epilogue) and the fused backward (R, Q).
+- ``masked_residual_sparse``: SDDMM on COO indices and the two scatter products (atomic,
+  CSR-segmented and fully deterministic variants).
+- ``small_matrix``: batched d×d work, one program per matrix: Gram, Newton–Schulz
+  pseudo-inverse, coupled Newton–Schulz square root (with its tangent), fused dyadic
+  fractional power and its backward, power iteration.
+
+Runs on CUDA tensors, or on CPU tensors under the interpreter (``TRITON_INTERPRET=1`` set
+before this package is imported — that is how CI tests it; ``tl.dot`` is exact there).
+
+Shared helpers live here: interpreter detection, the autotune config policy (several configs
+on a real GPU, exactly one otherwise: autotuning needs a GPU driver) and small host utilities.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+#: compiled kernels on a real GPU (as opposed to the CPU interpreter)
+ON_GPU = torch.cuda.is_available() and not INTERPRET
+
+
+def configs(gpu_configs, cpu_config):
+    """Autotune candidates: the list on a real GPU, the single ``cpu_config`` otherwise."""
+    return list(gpu_configs) if ON_GPU else [cpu_config]
+
+
+def next_pow2(x: int, lo: int = 16) -> int:
+    """Smallest power of two ≥ max(x, lo) (tl.arange needs powers of two, tl.dot dims ≥ 16)."""
+    return max(lo, triton.next_power_of_2(int(max(x, 1))))
+
+
+def num_sms(device) -> int:
+    if isinstance(device, torch.device) and device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 1
+
+
+def tl_dtype_ok(t: torch.Tensor) -> bool:
+    return t.dtype in (torch.float32, torch.float64)
+
+
+def check_dtype(*ts):
+    for t in ts:
+        if t is not None and not tl_dtype_ok(t):
+            raise TypeError(f"triton kernels: expected float32 or float64 tensors, got {t.dtype}")
+
+
+def scale_tensor(scale, like: torch.Tensor) -> torch.Tensor:
+    """``scale`` (python number or 0-d / 1-element tensor, e.g. autograd's grad_output) as a
+    1-element tensor of ``like``'s dtype and device, read inside the kernel (no host sync)."""
+    if isinstance(scale, torch.Tensor):
+        if scale.numel() != 1:
+            raise ValueError(f"scale: expected a scalar or a 1-element tensor, got shape {tuple(scale.shape)}")
+        return scale.detach().reshape(1).to(dtype=like.dtype, device=like.device)
+    return torch.full((1,), float(scale), dtype=like.dtype, device=like.device)
+
+
+__all__ = ["INTERPRET", "ON_GPU", "configs", "next_pow2", "num_sms", "scale_tensor", "check_dtype"]
