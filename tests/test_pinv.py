@@ -1,0 +1,79 @@
+import pytest
+import torch
+from torch.autograd import gradcheck
+
+import dlrl_kernels as dk
+from dlrl_kernels.ops.pinv import ns_pinv
+from conftest import rel_err
+
+
+def ref_pinv(G, rtol=1e-10):
+    U, s, Vh = torch.linalg.svd(G.double(), full_matrices=False)
+    keep = s > rtol * s[..., :1]
+    sinv = torch.where(keep, 1.0 / torch.where(keep, s, torch.ones_like(s)), torch.zeros_like(s))
+    return (Vh.transpose(-1, -2) * sinv[..., None, :]) @ U.transpose(-1, -2)
+
+
+def rand_cond(gen, r, c, cond, rank=None, dtype=torch.float64):
+    k = min(r, c)
+    U, _ = torch.linalg.qr(torch.randn(r, k, generator=gen, dtype=torch.float64))
+    V, _ = torch.linalg.qr(torch.randn(c, k, generator=gen, dtype=torch.float64))
+    s = torch.logspace(0, -torch.log10(torch.tensor(cond)).item(), k, dtype=torch.float64)
+    if rank is not None:
+        s[rank:] = 0
+    return ((U * s) @ V.t()).to(dtype)
+
+
+@pytest.mark.parametrize("shape", [(16, 16), (20, 33), (48, 17)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_newton_pinv_full_rank(gen, shape, dtype):
+    G = rand_cond(gen, *shape, cond=1e2, dtype=dtype)
+    tol = 1e-10 if dtype == torch.float64 else 1e-4
+    assert rel_err(dk.pinv(G, method="svd"), ref_pinv(G)) < tol
+    # the Newton route works on the Gram: float32 error ≈ eps·κ² (documented in ops/pinv.py)
+    tol = 1e-10 if dtype == torch.float64 else 3e-3
+    assert rel_err(dk.pinv(G, method="newton"), ref_pinv(G)) < tol
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_newton_pinv_rank_deficient_does_not_diverge(gen, dtype):
+    """SPEC §6: Schulz iterations on singular input diverge after converging; ours stop."""
+    G = rand_cond(gen, 40, 40, cond=10.0, rank=12, dtype=dtype)
+    X, _, used = ns_pinv(G, max_iters=200)  # far more steps than needed: the stop rule holds
+    assert torch.isfinite(X).all()
+    # plain Schulz leaves null-space noise of order eps·2^k (documented in ops/pinv.py)
+    assert rel_err(X, ref_pinv(G, 1e-6)) < (1e-3 if dtype == torch.float64 else 5e-2)
+    assert int(used.max()) < 200
+    # the public newton route (Gram + sign-iteration threshold) is clean
+    tol = 1e-8 if dtype == torch.float64 else 1e-3
+    assert rel_err(dk.pinv(G, method="newton"), ref_pinv(G, 1e-6)) < tol
+
+
+def test_batched(gen):
+    G = torch.stack([rand_cond(gen, 9, 7, 10.0), rand_cond(gen, 9, 7, 100.0, rank=4)])
+    out = dk.pinv(G, method="newton")
+    assert rel_err(out, ref_pinv(G, 1e-6)) < 1e-8
+
+
+def test_gradcheck_svd_and_newton_full_rank(gen):
+    G = torch.randn(2, 5, 7, generator=gen, dtype=torch.float64, requires_grad=True)
+    assert gradcheck(lambda g: dk.pinv(g, method="svd"), (G,))
+    assert gradcheck(lambda g: dk.pinv(g, method="newton"), (G,))
+
+
+def test_gradcheck_rank_deficient_constant_rank(gen):
+    U = torch.randn(2, 5, 2, generator=gen, dtype=torch.float64, requires_grad=True)
+    V = torch.randn(2, 2, 7, generator=gen, dtype=torch.float64, requires_grad=True)
+    assert gradcheck(lambda u, v: dk.pinv(u @ v, method="newton"), (U, V))
+    assert gradcheck(lambda u, v: dk.pinv(u @ v, method="svd", rtol=1e-8), (U, V))
+
+
+def test_gradcheck_rank_deficient_direct_svd(gen):
+    G = (torch.randn(5, 2, generator=gen, dtype=torch.float64) @ torch.randn(2, 6, generator=gen, dtype=torch.float64))
+    G.requires_grad_()
+    assert gradcheck(lambda g: dk.pinv(g, method="svd", rtol=1e-4), (G,))
+
+
+def test_zero_matrix(gen):
+    for m in ("svd", "newton"):
+        assert torch.all(dk.pinv(torch.zeros(3, 4, 5, dtype=torch.float64), method=m) == 0)
