@@ -59,16 +59,13 @@ def _warps(bd):
 
 
 # ============================================================================ jit helpers
-@triton.jit
-def _fro(x):
-    return tl.sqrt(tl.sum(tl.sum(x * x, axis=1), axis=0))
-
-
+# (kept few and flat: every nested @jit call costs the interpreter a re-patch of tl.*)
 @triton.jit
 def _rel_step(xn, x):
-    """‖xn − x‖_F / ‖xn‖_F with the reference's tiny clamp semantics (0/0 -> 0, t/0 -> inf)."""
-    num = _fro(xn - x)
-    den = _fro(xn)
+    """‖xn − x‖_F / ‖xn‖_F with the reference's tiny clamp (0/0 -> 0, t/0 -> inf)."""
+    dd = xn - x
+    num = tl.sqrt(tl.sum(tl.sum(dd * dd, axis=1), axis=0))
+    den = tl.sqrt(tl.sum(tl.sum(xn * xn, axis=1), axis=0))
     safe = tl.where(den > 0, den, 1.0)
     return tl.where(den > 0, num / safe, tl.where(num > 0, float("inf"), 0.0))
 
@@ -88,9 +85,13 @@ def _eye(BD: tl.constexpr, n, dtype: tl.constexpr):
 
 @triton.jit
 def _ns_sqrt_loop(Y, Z, dY, dZ, EYE, iters, floor, TANGENT: tl.constexpr, PREC: tl.constexpr):
-    """Coupled Newton–Schulz Y -> A^{1/2}, Z -> A^{-1/2} with the step-minimum stop rule."""
-    prev = tl.sum(tl.sum(Y * 0.0, axis=1), axis=0) + float("inf")
-    active = tl.sum(tl.sum(Y * 0.0, axis=1), axis=0) == 0.0
+    """Coupled Newton–Schulz Y -> A^{1/2}, Z -> A^{-1/2} (ops.spd_power.ns_sqrt).
+
+    Per matrix: stops once the relative step of the previous iterate reached ``floor``, or
+    freezes at the previous iterate when a step exceeds 0.75 (explosion guard).
+    """
+    prev = tl.max(tl.max(Y * 0.0, axis=1), axis=0) + float("inf")
+    active = prev > 0.0
     it = 0
     while active & (it < iters):
         ZY = tl.dot(Z, Y, input_precision=PREC)
@@ -98,10 +99,9 @@ def _ns_sqrt_loop(Y, Z, dY, dZ, EYE, iters, floor, TANGENT: tl.constexpr, PREC: 
         Yn = tl.dot(Y, T, input_precision=PREC)
         Zn = tl.dot(T, Z, input_precision=PREC)
         rel = _rel_step(Yn, Y)
-        stop = (prev <= floor) | ((prev < 0.25) & (rel >= prev))
+        stop = (prev <= floor) | (rel > 0.75)
         if TANGENT:
-            dZY = tl.dot(dZ, Y, input_precision=PREC) + tl.dot(Z, dY, input_precision=PREC)
-            dT = -0.5 * dZY
+            dT = -0.5 * (tl.dot(dZ, Y, input_precision=PREC) + tl.dot(Z, dY, input_precision=PREC))
             dYn = tl.dot(dY, T, input_precision=PREC) + tl.dot(Y, dT, input_precision=PREC)
             dZn = tl.dot(dT, Z, input_precision=PREC) + tl.dot(T, dZ, input_precision=PREC)
             dY = tl.where(stop, dY, dYn)
@@ -115,28 +115,18 @@ def _ns_sqrt_loop(Y, Z, dY, dZ, EYE, iters, floor, TANGENT: tl.constexpr, PREC: 
 
 
 @triton.jit
-def _schulz_alpha(G):
-    """(α = 1/c², c > 0) with c = min(‖G‖_F, √(‖G‖_1 ‖G‖_∞)) ≥ σ_max (ops.pinv.schulz_scale)."""
-    fro = _fro(G)
-    a = tl.abs(G)
-    n1 = tl.max(tl.sum(a, axis=0), axis=0)
-    ninf = tl.max(tl.sum(a, axis=1), axis=0)
-    c = tl.minimum(fro, tl.sqrt(n1 * ninf))
-    safe = tl.where(c > 0, c, 1.0)
-    return 1.0 / (safe * safe), c > 0
-
-
-@triton.jit
-def _ns_pinv_loop(G, X, dG, dX, EYE_R, max_iters, floor, active, TANGENT: tl.constexpr, PREC: tl.constexpr):
-    """Schulz X <- X (2I − G X) with the relative-step stop rule (ops.pinv.ns_pinv)."""
-    prev = tl.sum(tl.sum(X * 0.0, axis=1), axis=0) + float("inf")
+def _ns_pinv_loop(G, X, dG, dX, EYE_R, max_iters, k_min, floor, active,
+                  TANGENT: tl.constexpr, PREC: tl.constexpr):
+    """Schulz X <- X (2I − G X) with ops.pinv.ns_pinv's stop rule: the rounding floor, or
+    (from step k_min on) the first rise of the relative step once it fell below 1/4."""
+    prev = tl.max(tl.max(X * 0.0, axis=1), axis=0) + float("inf")
     it = 0
     while active & (it < max_iters):
         GX = tl.dot(G, X, input_precision=PREC)
         M = 2.0 * EYE_R - GX
         Xn = tl.dot(X, M, input_precision=PREC)
         rel = _rel_step(Xn, X)
-        stop = (prev <= floor) | ((prev < 0.25) & (rel >= prev))
+        stop = (prev <= floor) | ((it >= k_min) & (prev < 0.25) & (rel >= prev))
         if TANGENT:
             dGX = tl.dot(dG, X, input_precision=PREC) + tl.dot(G, dX, input_precision=PREC)
             dXn = tl.dot(dX, M, input_precision=PREC) - tl.dot(X, dGX, input_precision=PREC)
@@ -146,6 +136,47 @@ def _ns_pinv_loop(G, X, dG, dX, EYE_R, max_iters, floor, active, TANGENT: tl.con
         active = stop == 0
         it += 1
     return X, dX
+
+
+@triton.jit
+def _sign_loop(X, dX, EYE, n_sign, TANGENT: tl.constexpr, PREC: tl.constexpr):
+    """Newton–Schulz sign iteration X <- ½ X (3I − X²), fixed count (and its tangent)."""
+    for _ in range(n_sign):
+        X2 = tl.dot(X, X, input_precision=PREC)
+        T = 1.5 * EYE - 0.5 * X2
+        if TANGENT:
+            dX2 = tl.dot(dX, X, input_precision=PREC) + tl.dot(X, dX, input_precision=PREC)
+            dX = tl.dot(dX, T, input_precision=PREC) - 0.5 * tl.dot(X, dX2, input_precision=PREC)
+        X = tl.dot(X, T, input_precision=PREC)
+    return X, dX
+
+
+@triton.jit
+def _psd_pinv(A, dA, EYE, tau, n_sign, n_inv, TANGENT: tl.constexpr, PREC: tl.constexpr):
+    """ops.spd_power.psd_pinv_newton: range projector P from the sign of A − τI, then the
+    Newton–Schulz inverse of the full-rank A + (I − P), A⁺ = P Y P. -> (A⁺, dA⁺, P, dP)."""
+    X, dX = _sign_loop(A - tau * EYE, dA, EYE, n_sign, TANGENT, PREC)
+    P = 0.5 * (EYE + X)
+    dP = 0.5 * dX
+    B = A + (EYE - P)
+    dB = dA - dP
+    Y = B
+    dY = dB
+    for _ in range(n_inv):
+        BY = tl.dot(B, Y, input_precision=PREC)
+        M = 2.0 * EYE - BY
+        if TANGENT:
+            dBY = tl.dot(dB, Y, input_precision=PREC) + tl.dot(B, dY, input_precision=PREC)
+            dY = tl.dot(dY, M, input_precision=PREC) - tl.dot(Y, dBY, input_precision=PREC)
+        Y = tl.dot(Y, M, input_precision=PREC)
+    PY = tl.dot(P, Y, input_precision=PREC)
+    Ap = tl.dot(PY, P, input_precision=PREC)
+    if TANGENT:
+        dPY = tl.dot(dP, Y, input_precision=PREC) + tl.dot(P, dY, input_precision=PREC)
+        dAp = tl.dot(dPY, P, input_precision=PREC) + tl.dot(PY, dP, input_precision=PREC)
+    else:
+        dAp = Ap
+    return Ap, dAp, P, dP
 
 
 @triton.jit
@@ -169,6 +200,7 @@ def _gram_kernel(
     s_yb, s_yr, s_yd, s_os, s_ob, s_oi, s_oj,
     BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, PREC: tl.constexpr,
 ):
+    """OUT[split, b, I, J] = Σ_{rows of this split} Y[b, rows, I]ᵀ Y[b, rows, J] (one d-tile pair)."""
     b = tl.program_id(0).to(tl.int64)
     tile = tl.program_id(1)
     sp = tl.program_id(2)
@@ -193,13 +225,20 @@ def _gram_kernel(
 
 @triton.jit
 def _pinv_kernel(
-    G, X, DG, DX, nr, nc, max_iters, floor,
+    G, X, DG, DX, nr, nc, max_iters, k_min, floor,
     s_gb, s_gi, s_gj, s_xb, s_xi, s_xj,
     TANGENT: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr,
 ):
     b = tl.program_id(0).to(tl.int64)
     g = _load_sq(G, b, s_gb, s_gi, s_gj, nr, nc, BD)
-    alpha, active = _schulz_alpha(g)
+    # schulz_scale: c = min(‖G‖_F, √(‖G‖_1 ‖G‖_∞)) ≥ σ_max, α = 1/c²
+    ga = tl.abs(g)
+    fro = tl.sqrt(tl.sum(tl.sum(g * g, axis=1), axis=0))
+    n1 = tl.max(tl.sum(ga, axis=0), axis=0)
+    ninf = tl.max(tl.sum(ga, axis=1), axis=0)
+    c = tl.minimum(fro, tl.sqrt(n1 * ninf))
+    safe = tl.where(c > 0, c, 1.0)
+    alpha = 1.0 / (safe * safe)
     x = alpha * tl.trans(g)
     if TANGENT:
         dg = _load_sq(DG, b, s_gb, s_gi, s_gj, nr, nc, BD)
@@ -208,7 +247,7 @@ def _pinv_kernel(
         dg = g
         dx = x
     eye_r = _eye(BD, nr, g.dtype)
-    x, dx = _ns_pinv_loop(g, x, dg, dx, eye_r, max_iters, floor, active, TANGENT, PREC)
+    x, dx = _ns_pinv_loop(g, x, dg, dx, eye_r, max_iters, k_min, floor, c > 0, TANGENT, PREC)
     _store_sq(X, b, s_xb, s_xi, s_xj, x, nc, nr, BD)
     if TANGENT:
         _store_sq(DX, b, s_xb, s_xi, s_xj, dx, nc, nr, BD)
@@ -239,38 +278,62 @@ def _sqrt_kernel(
 
 
 @triton.jit
+def _psd_pinv_kernel(
+    A, DA, AP, DAP, PR, DPR, TAU, d, n_sign, n_inv,
+    s_b, s_i, s_j, s_ob, s_oi, s_oj,
+    TANGENT: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    a = _load_sq(A, b, s_b, s_i, s_j, d, d, BD)
+    eye = _eye(BD, d, a.dtype)
+    if TANGENT:
+        da = _load_sq(DA, b, s_b, s_i, s_j, d, d, BD)
+    else:
+        da = a
+    tau = tl.load(TAU)
+    ap, dap, pr, dpr = _psd_pinv(a, da, eye, tau, n_sign, n_inv, TANGENT, PREC)
+    _store_sq(AP, b, s_ob, s_oi, s_oj, ap, d, d, BD)
+    _store_sq(PR, b, s_ob, s_oi, s_oj, pr, d, d, BD)
+    if TANGENT:
+        _store_sq(DAP, b, s_ob, s_oi, s_oj, dap, d, d, BD)
+        _store_sq(DPR, b, s_ob, s_oi, s_oj, dpr, d, d, BD)
+
+
+@triton.jit
 def _power_kernel(
-    S, C, OUT, d, iters, pinv_iters, floor_sqrt, floor_pinv,
+    S, C, OUT, TAU, d, iters, n_sign, floor,
     s_b, s_i, s_j, s_cb, s_ci, s_cj, s_ob, s_oi, s_oj,
     A_EXP: tl.constexpr, BITS: tl.constexpr, NBITS: tl.constexpr, FIRST: tl.constexpr,
     BACKWARD: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr,
 ):
-    """S^a (BACKWARD=False) or its adjoint applied to C (BACKWARD=True), dyadic a ∈ (0,1).
-
-    a = Σ_j bit_j 2^{-(j+1)}, bit_j = (BITS >> j) & 1, j < NBITS; FIRST = first set bit.
+    """S^a (BACKWARD=False) or its Newton-route adjoint applied to C (BACKWARD=True), for
+    dyadic a ∈ (0, 1): a = Σ_j bit_j 2^{-(j+1)}, bit_j = (BITS >> j) & 1, j < NBITS,
+    FIRST = the first set bit. The whole of ops.spd_power.newton_power(_backward) for such a.
     """
     b = tl.program_id(0).to(tl.int64)
     s = _load_sq(S, b, s_b, s_i, s_j, d, d, BD)
-    # newton_scale: c = min(‖S‖_F, ‖S‖_∞) (of S as given), 1 where it is 0
-    c = tl.minimum(_fro(s), tl.max(tl.sum(tl.abs(s), axis=1), axis=0))
+    # newton_scale: c = min(‖S‖_F, ‖S‖_∞) of S as given, 1 where it is 0
+    c = tl.minimum(tl.sqrt(tl.sum(tl.sum(s * s, axis=1), axis=0)), tl.max(tl.sum(tl.abs(s), axis=1), axis=0))
     c = tl.where(c > 0, c, 1.0)
     A = _sym(s) / c
     eye = _eye(BD, d, s.dtype)
+    zero = A * 0.0
     if BACKWARD:
         cs = _sym(_load_sq(C, b, s_cb, s_ci, s_cj, d, d, BD))
-        # null–null block of the adjoint is zero by convention: Cs -= Pn Cs Pn, Pn = I − A A⁺
-        alpha, act = _schulz_alpha(A)
-        xp, _unused = _ns_pinv_loop(A, alpha * tl.trans(A), A, A, eye, pinv_iters, floor_pinv, act, False, PREC)
-        pn = _sym(eye - tl.dot(A, xp, input_precision=PREC))
+        # null–null block of the adjoint is zero by convention: Cs -= Pn Cs Pn with
+        # Pn = sym(I − P), P the range projector of psd_pinv_newton (its sign iteration only)
+        tau = tl.load(TAU)
+        X, _u = _sign_loop(A - tau * eye, zero, eye, n_sign, False, PREC)
+        pn = _sym(eye - 0.5 * (eye + X))
         cs = cs - tl.dot(tl.dot(pn, cs, input_precision=PREC), pn, input_precision=PREC)
         dR = cs / c
     else:
-        dR = A
+        dR = zero
     R = A
     P = eye
-    dP = A * 0.0
+    dP = zero
     for j in tl.static_range(NBITS):
-        R, Zj, dR, dZj = _ns_sqrt_loop(R, eye, dR, A * 0.0, eye, iters, floor_sqrt, BACKWARD, PREC)
+        R, _z, dR, _dz = _ns_sqrt_loop(R, eye, dR, zero, eye, iters, floor, BACKWARD, PREC)
         if (BITS >> j) & 1:
             if j == FIRST:
                 P = R
@@ -308,20 +371,50 @@ def _power_iter_kernel(S, OUT, d, iters, s_b, s_i, s_j, BD: tl.constexpr):
 
 # ============================================================================ host side
 def _flat(M, r, c):
-    B = M.reshape(-1, r, c)
-    return B
+    return M.reshape(-1, r, c)
 
 
 def _floor(n, dtype):
     return 8 * n * torch.finfo(dtype).eps
 
 
-def _default_sqrt_iters(dtype):
-    return 40 if dtype == torch.float64 else 32
+# Defaults come from the reference modules themselves, so that the twins stay in step.
+def _sqrt_iters(dtype, iters):
+    if iters is not None:
+        return int(iters)
+    from ..ops.spd_power import default_sqrt_iters
+
+    return default_sqrt_iters(dtype)
 
 
-def _default_pinv_iters(dtype):
-    return 60 if dtype == torch.float64 else 40
+def _pinv_iters(dtype, max_iters):
+    from ..ops import pinv as _pv
+
+    if max_iters is None:
+        max_iters = _pv.default_max_iters(dtype)
+    k_min = _pv.resolve_iters(dtype) if hasattr(_pv, "resolve_iters") else 0
+    return int(max_iters), int(k_min)
+
+
+def _rtol(S, rtol):
+    if rtol is not None:
+        return float(rtol)
+    from ..ops.spd_power import default_rtol
+
+    return float(default_rtol(S))
+
+
+def _sign_inv_counts(tau):
+    """Step counts of ops.spd_power.psd_pinv_newton for threshold τ."""
+    n_sign = int(math.ceil(math.log(1.0 / tau) / math.log(1.5))) + 6
+    n_inv = int(math.ceil(2 * math.log2(1.0 / tau))) + 6
+    return n_sign, n_inv
+
+
+def _bits(a):
+    from ..ops.spd_power import dyadic_bits
+
+    return dyadic_bits(a)
 
 
 def gram(Y, split=None):
@@ -353,26 +446,28 @@ def gram(Y, split=None):
 
 
 def ns_pinv_full(G, max_iters=None, dG=None):
-    """(X, dX): Newton–Schulz pseudo-inverse of G (..., r, c) and its tangent along dG."""
+    """(X, dX): ``ops.pinv.ns_pinv`` (plain Schulz, step-minimum stop) of G (..., r, c) and its
+    tangent along dG (None when dG is None)."""
     check_dtype(G, dG)
-    if max_iters is None:
-        max_iters = _default_pinv_iters(G.dtype)
+    max_iters, k_min = _pinv_iters(G.dtype, max_iters)
     *batch, r, c = G.shape
     if max(r, c) > MAX_D:
         from ..ops.pinv import ns_pinv as ref
 
         X, dX, _ = ref(G, max_iters, dG)
         return X, dX
-    Gb = _flat(G, r, c).contiguous()
+    Gb = _flat(G, r, c)
     nb = Gb.shape[0]
     X = torch.empty((nb, c, r), dtype=G.dtype, device=G.device)
     tangent = dG is not None
-    dGb = _flat(dG, r, c).contiguous() if tangent else Gb
+    dGb = _flat(dG, r, c).expand(nb, r, c) if tangent else Gb
+    if tangent and dGb.stride() != Gb.stride():
+        Gb, dGb = Gb.contiguous(), dGb.contiguous()
     dX = torch.empty_like(X) if tangent else X
     if nb:
         bd = next_pow2(max(r, c))
         _pinv_kernel[(nb,)](
-            Gb, X, dGb, dX, r, c, int(max_iters), _floor(max(r, c), G.dtype),
+            Gb, X, dGb, dX, r, c, max_iters, k_min, _floor(max(r, c), G.dtype),
             Gb.stride(0), Gb.stride(1), Gb.stride(2), X.stride(0), X.stride(1), X.stride(2),
             TANGENT=tangent, BD=bd, PREC="ieee", num_warps=_warps(bd),
         )
@@ -381,32 +476,42 @@ def ns_pinv_full(G, max_iters=None, dG=None):
 
 
 def ns_pinv(G, max_iters=None):
-    """Newton–Schulz pseudo-inverse (``ops.pinv.ns_pinv``'s X)."""
+    """Newton–Schulz pseudo-inverse: ``ops.pinv.ns_pinv(G, max_iters)[0]``."""
     return ns_pinv_full(G, max_iters)[0]
 
 
+def _same_layout(A, dA):
+    d = A.shape[-1]
+    Ab = _flat(A, d, d)
+    if dA is None:
+        return Ab, Ab
+    dAb = _flat(dA, d, d)
+    if dAb.stride() != Ab.stride():
+        Ab, dAb = Ab.contiguous(), dAb.contiguous()
+    return Ab, dAb
+
+
 def ns_sqrt(A, iters=None, dA=None):
-    """(Y ≈ A^{1/2}, Z ≈ A^{-1/2} on the range, dY, dZ) for symmetric A with spectrum in [0, 1]."""
+    """``ops.spd_power.ns_sqrt``: (Y ≈ A^{1/2}, Z ≈ A^{-1/2} on the range, dY, dZ) for
+    symmetric A with spectrum in [0, 1]; dY, dZ are None without dA."""
     check_dtype(A, dA)
-    if iters is None:
-        iters = _default_sqrt_iters(A.dtype)
+    iters = _sqrt_iters(A.dtype, iters)
     d = A.shape[-1]
     if d > MAX_D:
         from ..ops.spd_power import ns_sqrt as ref
 
         return ref(A, iters, dA)
-    Ab = _flat(A, d, d).contiguous()
-    nb = Ab.shape[0]
-    Y = torch.empty_like(Ab)
-    Z = torch.empty_like(Ab)
     tangent = dA is not None
-    dAb = _flat(dA, d, d).contiguous() if tangent else Ab
-    dY = torch.empty_like(Ab) if tangent else Y
-    dZ = torch.empty_like(Ab) if tangent else Z
+    Ab, dAb = _same_layout(A, dA)
+    nb = Ab.shape[0]
+    Y = torch.empty((nb, d, d), dtype=A.dtype, device=A.device)
+    Z = torch.empty_like(Y)
+    dY = torch.empty_like(Y) if tangent else Y
+    dZ = torch.empty_like(Y) if tangent else Z
     if nb:
         bd = next_pow2(d)
         _sqrt_kernel[(nb,)](
-            Ab, Y, Z, dAb, dY, dZ, d, int(iters), _floor(d, A.dtype),
+            Ab, Y, Z, dAb, dY, dZ, d, iters, _floor(d, A.dtype),
             Ab.stride(0), Ab.stride(1), Ab.stride(2), Y.stride(0), Y.stride(1), Y.stride(2),
             TANGENT=tangent, BD=bd, PREC="ieee", num_warps=_warps(bd),
         )
@@ -414,6 +519,37 @@ def ns_sqrt(A, iters=None, dA=None):
     if tangent:
         return Y.reshape(shp), Z.reshape(shp), dY.reshape(shp), dZ.reshape(shp)
     return Y.reshape(shp), Z.reshape(shp), None, None
+
+
+def psd_pinv_newton(A, rtol, dA=None):
+    """``ops.spd_power.psd_pinv_newton``: (A⁺, dA⁺, P, dP) for symmetric PSD A with spectrum
+    in [0, 1], range = eigenvalues above τ = rtol (sign iteration, then a full-rank inverse)."""
+    check_dtype(A, dA)
+    d = A.shape[-1]
+    if d > MAX_D:
+        from ..ops.spd_power import psd_pinv_newton as ref
+
+        return ref(A, rtol, dA)
+    tau = float(rtol)
+    n_sign, n_inv = _sign_inv_counts(tau)
+    tangent = dA is not None
+    Ab, dAb = _same_layout(A, dA)
+    nb = Ab.shape[0]
+    Ap = torch.empty((nb, d, d), dtype=A.dtype, device=A.device)
+    Pr = torch.empty_like(Ap)
+    dAp = torch.empty_like(Ap) if tangent else Ap
+    dPr = torch.empty_like(Ap) if tangent else Pr
+    if nb:
+        bd = next_pow2(d)
+        _psd_pinv_kernel[(nb,)](
+            Ab, dAb, Ap, dAp, Pr, dPr, torch.full((1,), tau, dtype=A.dtype, device=A.device), d, n_sign, n_inv,
+            Ab.stride(0), Ab.stride(1), Ab.stride(2), Ap.stride(0), Ap.stride(1), Ap.stride(2),
+            TANGENT=tangent, BD=bd, PREC="ieee", num_warps=_warps(bd),
+        )
+    shp = A.shape
+    if tangent:
+        return Ap.reshape(shp), dAp.reshape(shp), Pr.reshape(shp), dPr.reshape(shp)
+    return Ap.reshape(shp), None, Pr.reshape(shp), None
 
 
 # ----------------------------------------------------------------------------- power
@@ -435,13 +571,7 @@ def _dmm(A, dA, B, dB):
     return out, dA @ B + A @ dB
 
 
-def _bits(a):
-    from ..ops.spd_power import dyadic_bits
-
-    return dyadic_bits(a)
-
-
-def _unit_power(A, a, iters, pinv_iters, dA=None):
+def _unit_power(A, a, iters, rtol, dA=None):
     """A^a (and tangent) for spectrum in [0, 1]: ``ops.spd_power._newton_unit_power`` with the
     Newton–Schulz iterations in Triton kernels and torch for the d×d glue products."""
     if a == 1:
@@ -461,20 +591,14 @@ def _unit_power(A, a, iters, pinv_iters, dA=None):
                 P, dP = (F, dF) if P is None else _dmm(P, dP, F, dF)
     if a > 0:
         return P, dP
-    Ap, dAp = ns_pinv_full(A, pinv_iters, dA)
-    Pr, dPr = _dmm(Ap, dAp, A, dA)
-    for _ in range(2):
-        Pr2, dPr2 = _dmm(Pr, dPr, Pr, dPr)
-        Pr3, dPr3 = _dmm(Pr2, dPr2, Pr, dPr)
-        Pr = 3 * Pr2 - 2 * Pr3
-        dPr = None if dA is None else 3 * dPr2 - 2 * dPr3
+    Ap, dAp, Pr, dPr = psd_pinv_newton(A, rtol, dA)
     if a == 0.0:
         return Pr, dPr
     if a == -1.0:
         return Ap, dAp
     M1, dM1 = _dmm(Pr, dPr, P, dP)
     M1, dM1 = _dmm(M1, dM1, Pr, dPr)
-    P2, dP2 = _unit_power(A, 1.0 + a, iters, pinv_iters, dA)
+    P2, dP2 = _unit_power(A, 1.0 + a, iters, rtol, dA)
     M2, dM2 = _dmm(Ap, dAp, P2, dP2)
     M2, dM2 = _dmm(Pr, dPr, M2, dM2)
     M2, dM2 = _dmm(M2, dM2, Pr, dPr)
@@ -486,29 +610,26 @@ def _unit_power(A, a, iters, pinv_iters, dA=None):
 
 
 def _fusable(S, a, fused):
-    if fused is False:
+    if fused is False or not (0.0 < a < 1.0) or S.shape[-1] > MAX_D:
         return None
-    if not (0.0 < a < 1.0) or S.shape[-1] > MAX_D:
-        return None
-    bits = _bits(a)
-    if bits is None:
-        return None
-    return bits
+    return _bits(a)
 
 
-def _launch_power(S, C, a, bits, iters, pinv_iters, backward):
+def _launch_power(S, C, a, bits, iters, tau, backward):
     d = S.shape[-1]
-    Sb = _flat(S, d, d).contiguous()
+    Sb = _flat(S, d, d)
     nb = Sb.shape[0]
-    Cb = _flat(C, d, d).contiguous() if backward else Sb
-    out = torch.empty_like(Sb)
+    Cb = _flat(C, d, d).expand(nb, d, d) if backward else Sb
+    out = torch.empty((nb, d, d), dtype=S.dtype, device=S.device)
     if nb:
-        mask = sum(b << j for j, b in enumerate(bits))
-        nbits = max(j for j, b in enumerate(bits) if b) + 1
-        first = min(j for j, b in enumerate(bits) if b)
+        mask = sum(bit << j for j, bit in enumerate(bits))
+        nbits = max(j for j, bit in enumerate(bits) if bit) + 1
+        first = min(j for j, bit in enumerate(bits) if bit)
+        n_sign = _sign_inv_counts(tau)[0] if backward else 0
         bd = next_pow2(d)
         _power_kernel[(nb,)](
-            Sb, Cb, out, d, int(iters), int(pinv_iters), _floor(d, S.dtype), _floor(d, S.dtype),
+            Sb, Cb, out, torch.full((1,), tau, dtype=S.dtype, device=S.device), d, iters, n_sign,
+            _floor(d, S.dtype),
             Sb.stride(0), Sb.stride(1), Sb.stride(2), Cb.stride(0), Cb.stride(1), Cb.stride(2),
             out.stride(0), out.stride(1), out.stride(2),
             A_EXP=float(a), BITS=mask, NBITS=nbits, FIRST=first, BACKWARD=backward,
@@ -517,52 +638,49 @@ def _launch_power(S, C, a, bits, iters, pinv_iters, backward):
     return out.reshape(S.shape)
 
 
-def newton_power(S, a, iters=None, pinv_iters=None, fused=None):
-    """S^a by matmul-only Newton–Schulz (``ops.spd_power.newton_power``).
+def newton_power(S, a, iters=None, rtol=None, fused=None):
+    """S^a by matmul-only Newton–Schulz: ``ops.spd_power.newton_power(S, a, iters, rtol)``.
 
-    fused: None/True -> one kernel when a is dyadic in (0, 1) and d ≤ 128; False -> the
-    Python orchestration over the ns_sqrt / ns_pinv kernels (always used for a ≤ 0).
+    fused: None/True -> one kernel per batch when a is dyadic in (0, 1) and d ≤ 128; False ->
+    the Python orchestration over the ns_sqrt / psd_pinv kernels (always used for a ≤ 0).
     """
     check_dtype(S)
     a = float(a)
-    if iters is None:
-        iters = _default_sqrt_iters(S.dtype)
-    if pinv_iters is None:
-        pinv_iters = _default_pinv_iters(S.dtype)
+    iters = _sqrt_iters(S.dtype, iters)
+    tau = _rtol(S, rtol)
     bits = _fusable(S, a, fused)
     if bits is not None:
-        return _launch_power(S, None, a, bits, iters, pinv_iters, False)
+        return _launch_power(S, None, a, bits, iters, tau, False)
     c = _newton_scale(S)
     A = _hsym(S) / c[..., None, None]
-    P, _ = _unit_power(A, a, iters, pinv_iters)
+    P, _ = _unit_power(A, a, iters, tau)
     return P * (c**a)[..., None, None]
 
 
-def newton_power_backward(S, a, C, iters=None, pinv_iters=None, fused=None):
-    """Adjoint of S ↦ S^a (Newton route) applied to C (``ops.spd_power.newton_power_backward``)."""
+def newton_power_backward(S, a, C, iters=None, rtol=None, fused=None):
+    """Adjoint of the Newton route of S ↦ S^a applied to C:
+    ``ops.spd_power.newton_power_backward(S, a, C, iters, rtol)``."""
     check_dtype(S, C)
     a = float(a)
-    if iters is None:
-        iters = _default_sqrt_iters(S.dtype)
-    if pinv_iters is None:
-        pinv_iters = _default_pinv_iters(S.dtype)
+    iters = _sqrt_iters(S.dtype, iters)
+    tau = _rtol(S, rtol)
     bits = _fusable(S, a, fused)
     if bits is not None:
-        return _launch_power(S, C, a, bits, iters, pinv_iters, True)
+        return _launch_power(S, C, a, bits, iters, tau, True)
     c = _newton_scale(S)
     A = _hsym(S) / c[..., None, None]
     Cs = _hsym(C)
     if a != 1:
         I = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
-        Pn = _hsym(I - A @ ns_pinv(A, pinv_iters))
+        Pn = _hsym(I - psd_pinv_newton(A, tau)[2])
         Cs = Cs - Pn @ Cs @ Pn
-    _, dP = _unit_power(A, a, iters, pinv_iters, dA=Cs / c[..., None, None])
+    _, dP = _unit_power(A, a, iters, tau, dA=Cs / c[..., None, None])
     return _hsym(dP * (c**a)[..., None, None])
 
 
 # ----------------------------------------------------------------------------- power iteration
 def power_iteration(S, iters=30):
-    """Largest eigenvalue of symmetric PSD S (..., d, d) by ``iters`` power steps."""
+    """``ops.spectral_norm.power_iteration``: λ_max of symmetric PSD S (..., d, d)."""
     check_dtype(S)
     d = S.shape[-1]
     if d > MAX_D:
@@ -585,6 +703,7 @@ __all__ = [
     "ns_pinv",
     "ns_pinv_full",
     "ns_sqrt",
+    "psd_pinv_newton",
     "newton_power",
     "newton_power_backward",
     "power_iteration",
