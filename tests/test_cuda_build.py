@@ -154,6 +154,8 @@ gpu = pytest.mark.skipif(
 )
 DEV = "cuda"
 TOL = {torch.float32: dict(rtol=1e-4, atol=1e-5), torch.float64: dict(rtol=1e-10, atol=1e-12)}
+# gradient rows are sums of ~nnz/m products of size ~|e|·1 ≈ 10: cancellation needs more atol
+GTOL = {torch.float32: dict(rtol=1e-4, atol=1e-3), torch.float64: dict(rtol=1e-10, atol=1e-10)}
 
 
 def _problem(m, n, d, nnz, dtype, idx_dtype, seed=0, misaligned=False):
@@ -191,19 +193,21 @@ def test_sparse_residual_and_grads_match_reference(dtype, idx_dtype, d):
     e_ref = (U[rows.long()] * Vt[cols.long()]).sum(1) - vals
     torch.testing.assert_close(e, e_ref, **TOL[dtype])
     assert loss.dtype == dtype and loss.dim() == 0
-    torch.testing.assert_close(loss.double(), 0.5 * (e.double() ** 2).sum(), rtol=1e-12, atol=0)
+    # float64 accumulation; float32 output is that sum rounded once
+    loss_rtol = 1e-6 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(loss.double(), 0.5 * (e.double() ** 2).sum(), rtol=loss_rtol, atol=0)
 
     scale = 0.75
     R_ref = torch.zeros(m, d, dtype=dtype, device=DEV).index_add_(0, rows.long(), e_ref[:, None] * Vt[cols.long()]) * scale
     Q_ref = torch.zeros(n, d, dtype=dtype, device=DEV).index_add_(0, cols.long(), e_ref[:, None] * U[rows.long()]) * scale
     row_ptr, col_idx, e_csr = _compressed(rows, cols, m, e_ref)
     R = _cuda.sparse_grad_rows(row_ptr, col_idx, e_csr, Vt, scale)
-    torch.testing.assert_close(R, R_ref, **TOL[dtype])
+    torch.testing.assert_close(R, R_ref, **GTOL[dtype])
     col_ptr, row_idx, e_csc = _compressed(cols, rows, n, e_ref)
     Q = _cuda.sparse_grad_cols(col_ptr, row_idx, e_csc, U, scale)
-    torch.testing.assert_close(Q, Q_ref, **TOL[dtype])
+    torch.testing.assert_close(Q, Q_ref, **GTOL[dtype])
     Qa = _cuda.sparse_grad_cols_atomic(rows, cols, e_ref, U, n, scale)
-    torch.testing.assert_close(Qa, Q_ref, **TOL[dtype])
+    torch.testing.assert_close(Qa, Q_ref, **GTOL[dtype])
 
 
 @gpu
@@ -219,7 +223,7 @@ def test_sparse_kernels_scalar_path_on_misaligned_rows(dtype, d):
     row_ptr, col_idx, e_csr = _compressed(rows, cols, m, e)
     R = _cuda.sparse_grad_rows(row_ptr, col_idx, e_csr, Vt)
     R_ref = torch.zeros(m, d, dtype=dtype, device=DEV).index_add_(0, rows, e[:, None] * Vt[cols])
-    torch.testing.assert_close(R, R_ref, **TOL[dtype])
+    torch.testing.assert_close(R, R_ref, **GTOL[dtype])
 
 
 @gpu
