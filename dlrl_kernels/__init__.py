@@ -8,6 +8,7 @@ from ._dispatch import describe as backend_info
 from .ops.chain import chain_grad, chain_products
 from .ops.gram import gram
 from .ops.lowrank_block import lowrank_block
+from .ops.lowrank_penalty import lowrank_penalty, lowrank_penalty_exact
 from .ops.masked_residual import masked_loss, masked_residual
 from .ops.masked_residual_sparse import masked_loss_sparse, masked_residual_sparse
 from .ops.pinv import pinv
@@ -22,6 +23,8 @@ __all__ = [
     "chain_products",
     "gram",
     "lowrank_block",
+    "lowrank_penalty",
+    "lowrank_penalty_exact",
     "masked_loss",
     "masked_loss_sparse",
     "masked_residual",
