@@ -10,7 +10,7 @@ from .ops.gram import gram
 from .ops.lowrank_block import lowrank_block
 from .ops.lowrank_penalty import lowrank_penalty, lowrank_penalty_exact
 from .ops.masked_residual import masked_loss, masked_residual
-from .ops.masked_residual_sparse import masked_loss_sparse, masked_residual_sparse
+from .ops.masked_residual_sparse import SparsePattern, masked_loss_sparse, masked_residual_sparse, sparse_pattern
 from .ops.pinv import pinv
 from .ops.spd_power import spd_power
 from .ops.spectral_norm import spectral_norm_sq
@@ -32,4 +32,6 @@ __all__ = [
     "pinv",
     "spd_power",
     "spectral_norm_sq",
+    "SparsePattern",
+    "sparse_pattern",
 ]

@@ -91,7 +91,7 @@ def check_dense_target(X, mask, shape, ref, ref_name="factors[0]"):
     return mask
 
 
-def check_sparse_target(rows, cols, values, shape, ref, ref_name="factors[0]"):
+def check_sparse_target(rows, cols, values, shape, ref, ref_name="factors[0]", check_range=True):
     m, n = shape
     for name, t in (("rows", rows), ("cols", cols)):
         if not isinstance(t, torch.Tensor):
@@ -109,7 +109,7 @@ def check_sparse_target(rows, cols, values, shape, ref, ref_name="factors[0]"):
             f"values: expected rows, cols and values of one length, got {rows.shape[0]}, "
             f"{cols.shape[0]} and {values.shape[0]}"
         )
-    if rows.numel():
+    if rows.numel() and check_range:
         for name, t, lim in (("rows", rows, m), ("cols", cols, n)):
             lo, hi = int(t.min()), int(t.max())
             if lo < 0:

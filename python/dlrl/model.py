@@ -48,7 +48,7 @@ from torch import nn
 
 import dlrl_kernels as dk
 
-from .metrics import rmse, schatten_p
+from .metrics import rmse
 
 MODES = ("paper", "published")
 REFRESH = ("fixed", "carry")
@@ -57,13 +57,18 @@ REFRESH = ("fixed", "carry")
 # ----------------------------------------------------------------------------- observations
 @dataclass
 class Observations:
-    """Observed entries, sparse (rows, cols, values) and optionally the dense mask form."""
+    """Observed entries, sparse (rows, cols, values) and optionally the dense mask form.
+
+    ``sorted()`` gives the same entries in row-major order with a ``dk.SparsePattern``
+    (built once, reused by every epoch's loss and backward).
+    """
 
     rows: torch.Tensor
     cols: torch.Tensor
     values: torch.Tensor
     shape: tuple
     X: Optional[torch.Tensor] = None  # dense values with NaN where missing (dense inputs)
+    pattern: Optional[object] = None  # set on the sorted copy
 
     @property
     def nnz(self):
@@ -72,6 +77,12 @@ class Observations:
     def to(self, device, dtype):
         X = None if self.X is None else self.X.to(device=device, dtype=dtype)
         return Observations(self.rows.to(device), self.cols.to(device), self.values.to(device=device, dtype=dtype), self.shape, X)
+
+    def sorted(self):
+        if self.pattern is not None:
+            return self
+        pat = dk.sparse_pattern(self.rows, self.cols, self.shape)
+        return Observations(pat.rows, pat.cols, self.values[pat.order], self.shape, self.X, pat)
 
 
 def as_observations(X=None, mask=None, rows=None, cols=None, values=None, shape=None) -> Observations:
@@ -242,21 +253,27 @@ class DLRL(nn.Module):
 
     @torch.no_grad()
     def _prepare(self, obs: Observations):
-        """∇_k, L_k and the three d×d pieces of S_k(η) for the current factors (constants)."""
+        """∇_k, L_k and the three d×d pieces of S_k(η) for the current factors (constants).
+
+        Y_k = X_k + t_k ∇_k with t_k = c_k/η, so S_k = Y_kᵀY_k = G0 + t_k G1 + t_k² G2 with
+        G0 = X_kᵀX_k, G1 = X_kᵀ∇_k + ∇_kᵀX_k, G2 = ∇_kᵀ∇_k (short side). Stacked over the
+        blocks ([I, d, d]) so that each epoch runs one batched power / pseudo-inverse.
+        """
         cfg = self.config
+        obs = obs.sorted()
         Xs = self.factors
         target = obs.values
         base = self._baseline(obs)
         if base is not None:
             target = target - base.detach()
-        e = dk.masked_residual_sparse(Xs, obs.rows, obs.cols, target, backend=cfg.backend)
+        pat = obs.pattern
+        e = dk.masked_residual_sparse(Xs, obs.rows, obs.cols, target, backend=cfg.backend, pattern=pat)
         m, n = cfg.shape
-        idx = torch.stack([obs.rows, obs.cols])
-        E = torch.sparse_coo_tensor(idx, e, (m, n), is_coalesced=False)
+        E = torch.sparse_csr_tensor(pat.crow, pat.cols, e, (m, n), check_invariants=False)
         grads = dk.chain_grad(Xs, E)
         pre, suf = dk.chain_products(Xs)
         sign = 1.0 if cfg.mode == "published" else -1.0  # published steps *up* the loss
-        prep = []
+        G0, G1, G2, c, Ls = [], [], [], [], []
         for k in range(cfg.blocks):
             if cfg.mode == "published":
                 na = 1.0 if pre[k] is None else max(math.sqrt(float(dk.spectral_norm_sq(pre[k], method="eigh"))), 1e-4)
@@ -271,9 +288,14 @@ class DLRL(nn.Module):
                 G = G.to_dense()
             if self._transposed(k):
                 X, G = X.t(), G.t()
-            XtX = X.t() @ X
             XtG = X.t() @ G
-            prep.append({"G0": XtX, "G1": XtG + XtG.t(), "G2": G.t() @ G, "c": sign / L, "L": L})
+            G0.append(X.t() @ X)
+            G1.append(XtG + XtG.t())
+            G2.append(G.t() @ G)
+            c.append(sign / L)
+            Ls.append(L)
+        prep = {"G0": torch.stack(G0), "G1": torch.stack(G1), "G2": torch.stack(G2),
+                "c": torch.tensor(c, dtype=self.dtype, device=self.device), "L": Ls}
         self._prep = prep
         return prep
 
@@ -283,37 +305,71 @@ class DLRL(nn.Module):
         lo = 0.0 if self.config.mode == "published" else 1e-3
         return self.eta.clamp(lo, 1.0)
 
-    def block_outputs(self, prep=None):
-        """[X̂_1, …, X̂_I] for the current W, η (differentiable)."""
+    def _exponents(self):
+        if getattr(self, "_expo", None) is None or self._expo.device != self.device:
+            ps = torch.tensor(self.ps, dtype=self.dtype, device=self.device)
+            self._expo = ((ps - 2.0) / 2.0)[:, None, None]  # published: elementwise (p−2)/2
+        return self._expo
+
+    def block_operators(self, prep=None):
+        """The d×d right factors M_k of every block, stacked: X̂_k = ReLU(W_k M_k) (short side).
+
+        paper: M_k = S_k^{(2−p_k)/2} / ‖S_k^{(2−p_k)/2}‖_F (Eq. 23's ½ W G⁺ up to a scale W absorbs);
+        published: M_k = ½ pinv(½ (S_k + st)^{∘(p_k−2)/2}) with the elementwise power.
+        """
         cfg = self.config
         prep = self._prep if prep is None else prep
         if prep is None:
-            raise RuntimeError("block_outputs: call fit() (or _prepare) first: the factors' gradients are not known yet")
-        eta = self._eta_value()
+            raise RuntimeError("block_outputs: call fit() (or prepare()) first: the factors' gradients are not known yet")
+        t = (prep["c"] / self._eta_value())[:, None, None]
+        S = prep["G0"] + t * prep["G1"] + (t * t) * prep["G2"]
+        if cfg.mode == "published":
+            st = 0.002 * S.diagonal(dim1=-2, dim2=-1).abs().amax(-1)
+            G = 0.5 * torch.pow(S + st[:, None, None], self._exponents())
+            if not bool(torch.isfinite(G).all()):
+                raise FloatingPointError(
+                    "mode='published': the elementwise power (S + st)^((p-2)/2) hit a negative entry of "
+                    "S = YᵀY (the published code has the same failure); use mode='paper' (true matrix power)"
+                )
+            return 0.5 * dk.pinv(G, method="svd")
+        groups = {}
+        for k, p in enumerate(self.ps):
+            groups.setdefault((2.0 - p) / 2.0, []).append(k)
+        if len(groups) == 1:
+            a = next(iter(groups))
+            P = dk.spd_power(S, a, method=cfg.method, backend=cfg.backend)
+        else:
+            parts = [None] * cfg.blocks
+            for a, ks in groups.items():
+                Pa = dk.spd_power(S[ks], a, method=cfg.method, backend=cfg.backend)
+                for j, k in enumerate(ks):
+                    parts[k] = Pa[j]
+            P = torch.stack(parts)
+        return _normalize(P, cfg.extra.get("normalize", "frobenius"))
+
+    def block_outputs(self, prep=None):
+        """[X̂_1, …, X̂_I] for the current W, η (differentiable)."""
+        M = self.block_operators(prep)
         outs = []
-        for k in range(cfg.blocks):
-            pk = prep[k]
-            t = pk["c"] / eta  # Y = X + t·∇ (t < 0 in paper mode: descent)
-            S = pk["G0"] + t * pk["G1"] + (t * t) * pk["G2"]
-            W = self.W[k].t() if self._transposed(k) else self.W[k]
-            a = (2.0 - self.ps[k]) / 2.0
-            if cfg.mode == "published":
-                st = 0.002 * S.diagonal().abs().max()
-                G = 0.5 * torch.pow(S + st, (self.ps[k] - 2.0) / 2.0)
-                T = 0.5 * W @ dk.pinv(G, method="svd")
+        for k in range(self.config.blocks):
+            if self._transposed(k):
+                outs.append(torch.relu(self.W[k].t() @ M[k]).t())
             else:
-                P = dk.spd_power(S, a, method=cfg.method, backend=cfg.backend)
-                T = W @ _normalize(P, cfg.extra.get("normalize", "frobenius"))
-            Xh = torch.relu(T)
-            outs.append(Xh.t() if self._transposed(k) else Xh)
+                outs.append(torch.relu(self.W[k] @ M[k]))
         return outs
+
+    def forward(self, obs: Observations):
+        """The training loss J on ``obs`` (an :class:`Observations`, ``.sorted()`` for speed)."""
+        return self.loss(obs)
 
     def _residual(self, outs, obs: Observations):
         target = obs.values
+        be = self.config.backend
         if not self.config.bias:
-            return dk.masked_residual_sparse(outs, obs.rows, obs.cols, target, backend=self.config.backend)
-        e = dk.masked_residual_sparse(outs, obs.rows, obs.cols, target - self.mu, backend=self.config.backend)
-        return e + self.bu[obs.rows] + self.bi[obs.cols]
+            return dk.masked_residual_sparse(outs, obs.rows, obs.cols, target, backend=be, pattern=obs.pattern)
+        e = dk.masked_residual_sparse(outs, obs.rows, obs.cols, target, backend=be, pattern=obs.pattern)
+        # the biases enter the residual directly (the op does not differentiate its values)
+        return e + (self.mu + self.bu[obs.rows] + self.bi[obs.cols])
 
     def loss(self, obs: Observations, outs=None):
         """Training loss J (Eq. 26): ½‖P_Ω(X̂ − X)‖² ("sum") or its per-entry mean."""
@@ -321,7 +377,8 @@ class DLRL(nn.Module):
         if not self.config.bias and obs.X is not None and self.config.extra.get("dense", False):
             J = dk.masked_loss(outs, obs.X, backend=self.config.backend)
         elif not self.config.bias:
-            J = dk.masked_loss_sparse(outs, obs.rows, obs.cols, obs.values, backend=self.config.backend)
+            J = dk.masked_loss_sparse(outs, obs.rows, obs.cols, obs.values, backend=self.config.backend,
+                                      pattern=obs.pattern)
         else:
             e = self._residual(outs, obs)
             J = 0.5 * (e * e).sum()
@@ -372,7 +429,11 @@ class DLRL(nn.Module):
         """Σ_k ‖X̂_k‖_{S_pk}^{pk} (paper Figs. 9–10)."""
         with torch.no_grad():
             outs = self.block_outputs() if outs is None else outs
-            return sum(schatten_p(o, p) for o, p in zip(outs, self.ps))
+            # all blocks' small Grams in one batched eigvalsh (they are d×d whatever m, n are)
+            grams = torch.stack([o.t() @ o if o.shape[0] >= o.shape[1] else o @ o.t() for o in outs])
+            lam = torch.linalg.eigvalsh(grams.double()).clamp_min(0)
+            ps = torch.tensor(self.ps, dtype=torch.float64, device=lam.device)[:, None]
+            return float((lam ** (ps / 2)).sum())
 
     # ------------------------------------------------------------------ training
     def fit(self, X=None, mask=None, rows=None, cols=None, values=None, val=None, epochs=None, lr=None,
@@ -392,7 +453,7 @@ class DLRL(nn.Module):
         obs = as_observations(X, mask, rows, cols, values, shape=self.config.shape)
         if obs.shape != self.config.shape:
             raise ValueError(f"X: expected shape {self.config.shape} (the model's), got {obs.shape}")
-        obs = obs.to(self.device, self.dtype)
+        obs = obs.to(self.device, self.dtype).sorted()
         if val is not None:
             vr, vc, vv = (torch.as_tensor(t, device=self.device) for t in val)
             val = (vr.long(), vc.long(), vv.to(self.dtype))
@@ -420,10 +481,13 @@ class DLRL(nn.Module):
             start = state["epoch"] + 1
             best = state.get("best", best)
             self.fit_seconds = state.get("fit_seconds", 0.0)
+        # fit time counts from here: the per-data preparation is part of the fit
+        t0 = time.perf_counter() - self.fit_seconds
         self._prepare(obs)
+        if state is None and self.config.mode == "paper" and self.config.extra.get("scale_init", True):
+            self._match_scale(obs)
         self.backend_used = _backend_name(self.config.backend, self.device)
         bar = _progress(range(start, epochs), progress)
-        t0 = time.perf_counter() - self.fit_seconds
         stop_reason = "epochs"
         for epoch in bar:
             if self.config.refresh == "carry" and epoch > start:
@@ -473,6 +537,26 @@ class DLRL(nn.Module):
             self.save(checkpoint, opt, sched, self.history[-1]["epoch"] if self.history else -1, best)
         return self.history
 
+    @torch.no_grad()
+    def _match_scale(self, obs: Observations):
+        """Scale the outer weights so that the initial product fits the data's scale.
+
+        Each X̂_k = ReLU(W_k M_k) is positively homogeneous in W_k, so multiplying W_1 and W_I
+        by √α multiplies the prediction by α; α is the least-squares scalar of the initial
+        predictions against the targets on the observed entries. Without it the normalised
+        blocks start orders of magnitude below the ratings and Adam spends the first hundred
+        epochs (and the plateau schedule its patience) just growing the scale.
+        """
+        outs = self.block_outputs()
+        e = dk.masked_residual_sparse(outs, obs.rows, obs.cols, torch.zeros_like(obs.values),
+                                      backend=self.config.backend, pattern=obs.pattern)
+        target = obs.values - (self.mu + self.bu[obs.rows] + self.bi[obs.cols]) if self.config.bias else obs.values
+        pp = float(torch.dot(e, e))
+        alpha = float(torch.dot(e, target)) / pp if pp > 0 else 0.0
+        if alpha > 0 and math.isfinite(alpha):
+            self.W[0].mul_(math.sqrt(alpha))
+            self.W[-1].mul_(math.sqrt(alpha))
+
     # ------------------------------------------------------------------ persistence
     def save(self, path, optimizer=None, scheduler=None, epoch=None, best=None):
         """A checkpoint: config, weights and factors, optimiser and schedule, history."""
@@ -514,12 +598,16 @@ def _normalize(P, how):
     """Scale-free block output (see module doc): S^a / ‖S^a‖_F, or / its mean eigenvalue."""
     tiny = torch.finfo(P.dtype).tiny
     if how == "frobenius":
-        return P / torch.linalg.matrix_norm(P).clamp_min(tiny)
+        return P / torch.linalg.matrix_norm(P, keepdim=True).clamp_min(tiny)
+    if how == "spectral":
+        # P is PSD: its largest eigenvalue is its spectral norm
+        return P / torch.linalg.matrix_norm(P, ord=2, keepdim=True).clamp_min(tiny)
     if how == "trace":
-        return P / (P.diagonal().sum() / P.shape[-1]).clamp_min(tiny)
+        mean_eig = P.diagonal(dim1=-2, dim2=-1).mean(-1)[..., None, None]
+        return P / mean_eig.clamp_min(tiny)
     if how in (None, "none"):
         return P
-    raise ValueError(f"normalize: expected 'frobenius', 'trace' or 'none', got {how!r}")
+    raise ValueError(f"normalize: expected 'frobenius', 'spectral', 'trace' or 'none', got {how!r}")
 
 
 def _backend_name(backend, device):
