@@ -73,3 +73,50 @@ def test_chunking_boundary(gen, monkeypatch):
     full = dk.masked_loss_sparse(fs, r, c, v)
     monkeypatch.setattr(mod, "CHUNK", 7)  # many chunks with a ragged tail
     torch.testing.assert_close(dk.masked_loss_sparse(fs, r, c, v), full)
+
+
+# ------------------------------------------------------------------ prepared patterns
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape, nnz", [((37, 53), 900), ((301, 257), 400)])  # dense-gather / row-gather SDDMM
+def test_pattern_path_matches_plain_path(gen, dtype, shape, nnz):
+    """sparse_pattern (sorted once, CSR SpMM backward) gives the plain path's loss and grads;
+    the two shapes exercise both reference SDDMM routes (dense product + gather when the
+    observed fraction is high, row gathers when it is low). Duplicates included."""
+    m, n = shape
+    F = chain(gen, [m, 6, 5, n], dtype=dtype)
+    r = torch.randint(0, m, (nnz,), generator=gen)
+    c = torch.randint(0, n, (nnz,), generator=gen)
+    r[-5:], c[-5:] = r[:5], c[:5]
+    v = torch.randn(nnz, generator=gen, dtype=dtype)
+    pat = dk.sparse_pattern(r, c, shape)
+    assert torch.all(pat.rows[1:] * n + pat.cols[1:] >= pat.rows[:-1] * n + pat.cols[:-1])
+    F1 = [f.clone().requires_grad_() for f in F]
+    F2 = [f.clone().requires_grad_() for f in F]
+    L1 = dk.masked_loss_sparse(F1, r, c, v)
+    L2 = dk.masked_loss_sparse(F2, pat.rows, pat.cols, v[pat.order], pattern=pat)
+    L1.backward()
+    L2.backward()
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(L2, L1, **tol)
+    for a, b in zip(F1, F2):
+        torch.testing.assert_close(b.grad, a.grad, **tol)
+    e = dk.masked_residual_sparse(F, pat.rows, pat.cols, v[pat.order], pattern=pat)
+    P = F[0] @ F[1] @ F[2]
+    torch.testing.assert_close(e, P[pat.rows, pat.cols] - v[pat.order], **tol)
+    if dtype == torch.float64:
+        assert torch.autograd.gradcheck(
+            lambda *f: dk.masked_loss_sparse(list(f), pat.rows, pat.cols, v[pat.order], pattern=pat),
+            [f.detach().clone().requires_grad_() for f in F])
+
+
+def test_pattern_misuse_is_a_clear_error(gen):
+    F = chain(gen, [7, 3, 9])
+    r, c = torch.tensor([0, 6, 2]), torch.tensor([8, 0, 4])
+    v = torch.randn(3, generator=gen, dtype=torch.float64)
+    pat = dk.sparse_pattern(r, c, (7, 9))
+    with pytest.raises(ValueError, match="pattern"):
+        dk.masked_loss_sparse(F, r, c, v, pattern=pat)  # not the pattern's own (sorted) indices
+    with pytest.raises(ValueError, match="pattern"):
+        dk.masked_loss_sparse(chain(gen, [8, 3, 9]), pat.rows, pat.cols, v, pattern=pat)
+    with pytest.raises(ValueError, match="rows"):
+        dk.sparse_pattern(torch.tensor([7]), torch.tensor([0]), (7, 9))

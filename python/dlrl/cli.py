@@ -155,9 +155,8 @@ def cmd_fit(a):
     }
     print(f"test RMSE {res['test_rmse']:.4f}   test MAE {res['test_mae']:.4f}   fit {res['fit_seconds']:.2f} s   "
           f"{res['epochs']} epochs ({res['stop_reason']})   backend {res['backend']} on {res['device']}   mode {res['mode']}")
-    if a.save:
-        model.save(a.save)
-        print(f"model saved to {a.save} (resume with --resume {a.save})")
+    if a.save:  # fit() wrote it (optimiser and schedule included) every 50 epochs and at the end
+        print(f"checkpoint: {a.save} (continue with --resume {a.save})")
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=2, default=str))
         print(f"wrote {a.json}")

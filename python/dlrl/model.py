@@ -51,6 +51,13 @@ import dlrl_kernels as dk
 from .metrics import rmse
 
 MODES = ("paper", "published")
+
+#: paper mode's default Adam weight decay per observed entry (1.25e-4 · 80 000 = 10 on ML-100K)
+PAPER_WEIGHT_DECAY_PER_ENTRY = 1.25e-4
+#: paper mode's plateau patience (published: 10)
+PAPER_PATIENCE = 5
+#: the documented configuration that beats SVD++ on ML-100K (README "Results")
+PAPER_BEST = dict(mode="paper", bias=True, clip=(1.0, 5.0), weight_decay=20.0)
 REFRESH = ("fixed", "carry")
 
 
@@ -140,12 +147,14 @@ class DLRLConfig:
     bias: bool = False
     clip: Optional[tuple] = None
     eta0: float = 0.1
-    init: str = "auto"  # "published" (rand/identity/rand) | "scaled" (small rand) | "auto"
+    init: str = "auto"  # "published" (rand/identity/rand) | "signed" | "scaled" | "auto" (mode's own)
     loss: str = "sum"  # reduction of the training loss: "sum" (paper Eq. 26) or "mean"
     method: str = "auto"  # spd_power method: "auto" | "eigh" | "newton"
     backend: str = "auto"
     dtype: str = "float32"
     seed: int = 0
+    normalize: str = "spectral"  # paper mode: how S^a is made scale-free (see _normalize)
+    weight_decay: Optional[float] = None  # Adam L2; None: the mode's default (see fit)
     extra: dict = field(default_factory=dict)
 
     def p_list(self):
@@ -175,7 +184,7 @@ class DLRL(nn.Module):
 
     def __init__(self, shape, rank=20, blocks=5, p=1.0, mode="paper", refresh="fixed", bias=False,
                  clip=None, eta0=0.1, init="auto", loss="sum", method="auto", backend="auto",
-                 dtype="float32", seed=0, device=None, **extra):
+                 dtype="float32", seed=0, normalize="spectral", weight_decay=None, device=None, **extra):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
@@ -192,19 +201,28 @@ class DLRL(nn.Module):
         self.config = DLRLConfig(tuple(int(s) for s in shape), int(rank), int(blocks),
                                  tuple(p) if isinstance(p, (list, tuple)) else (float(p),),
                                  mode, refresh, bool(bias), tuple(clip) if clip else None, float(eta0),
-                                 init, loss, method, backend, dtype, int(seed), dict(extra))
+                                 init, loss, method, backend, dtype, int(seed), normalize,
+                                 None if weight_decay is None else float(weight_decay), dict(extra))
+        _normalize(torch.eye(2), normalize)  # validates the name
         self.ps = self.config.p_list()
         dt = _dtype(dtype)
         m, n = self.config.shape
         d = self.config.rank
         g = torch.Generator().manual_seed(self.config.seed)
         shapes = [(m, d)] + [(d, d)] * (blocks - 2) + [(d, n)]
-        init_kind = ("published" if mode == "published" else "scaled") if init == "auto" else init
+        init_kind = ("published" if mode == "published" else "signed") if init == "auto" else init
         Xs, Ws = [], []
+        if init_kind not in ("published", "scaled", "signed"):
+            raise ValueError(f"init: expected 'auto', 'published', 'scaled' or 'signed', got {init!r}")
         for k, (r, c) in enumerate(shapes):
             if 0 < k < blocks - 1:
                 Xs.append(torch.eye(d, dtype=dt))
                 Ws.append(torch.eye(d, dtype=dt))
+            elif init_kind == "signed":
+                # zero-mean factors: S_k = Y_kᵀY_k is well conditioned (≈ (m/d)·I), so Adam on W_k
+                # is not slowed down by the one dominant all-ones direction positive factors give
+                Xs.append(torch.randn(r, c, generator=g, dtype=dt) / math.sqrt(d))
+                Ws.append(torch.rand(r, c, generator=g, dtype=dt) / math.sqrt(d))
             elif init_kind == "published":
                 Xs.append(torch.rand(r, c, generator=g, dtype=dt))
                 Ws.append(torch.rand(r, c, generator=g, dtype=dt))
@@ -345,7 +363,7 @@ class DLRL(nn.Module):
                 for j, k in enumerate(ks):
                     parts[k] = Pa[j]
             P = torch.stack(parts)
-        return _normalize(P, cfg.extra.get("normalize", "frobenius"))
+        return _normalize(P, cfg.normalize)
 
     def block_outputs(self, prep=None):
         """[X̂_1, …, X̂_I] for the current W, η (differentiable)."""
@@ -460,8 +478,16 @@ class DLRL(nn.Module):
         epochs = 300 if epochs is None else int(epochs)
         lr = 0.01 if lr is None else float(lr)
         betas = (0.9, 0.92) if betas is None else tuple(betas)
-        weight_decay = 0.15 if weight_decay is None else float(weight_decay)
-        patience = 10 if patience is None else int(patience)
+        if weight_decay is None:
+            weight_decay = self.config.weight_decay
+        if weight_decay is None:
+            # published: its 0.15. paper: an L2 weight per observed entry (the loss is a sum
+            # over the observed entries, so the data term grows with nnz and so must this)
+            weight_decay = 0.15 if self.config.mode == "published" else PAPER_WEIGHT_DECAY_PER_ENTRY * obs.nnz
+        weight_decay = float(weight_decay)
+        if patience is None:
+            patience = 10 if self.config.mode == "published" else PAPER_PATIENCE
+        patience = int(patience)
         state = None
         if resume is not None:
             state = torch.load(resume, map_location=self.device, weights_only=False)

@@ -1,0 +1,173 @@
+"""DLRL fit time and test RMSE on MovieLens-100K (published split), side by side in one run.
+
+Rows:
+- ``eager-dense (published algorithm)``: a plain eager PyTorch implementation of the
+  published algorithm as SPEC §4 describes it — dense m×n mask and residual, every epoch
+  recomputes the chain products, the block gradients, SVD spectral norms and SVD
+  pseudo-inverses, autograd through all of it. This is the speed reference (the published
+  code itself needs 31.5 s for its 300 epochs on the 2-core CI machine, SPEC §5).
+- ``dlrl mode=published``: the library reproducing the same algorithm (fixed factors: the
+  gradients, Lipschitz constants and the three d×d pieces of S_k(η) are computed once).
+- ``dlrl mode=paper``, and the best documented configuration.
+
+Every row trains once untimed on a few epochs first (imports, allocator, thread pools), then
+the timed fit. ``fit_seconds`` is the wall time of ``fit`` (data preparation included).
+
+    python bench/bench_dlrl.py                      # full: 300 epochs each
+    python bench/bench_dlrl.py --quick              # 30 epochs each (a smoke run)
+    python bench/bench_dlrl.py --json bench/results/dlrl_ml100k_cpu.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "python"))
+
+from dlrl.datasets import load_movielens, split_published  # noqa: E402
+from dlrl.metrics import rmse  # noqa: E402
+from dlrl.model import DLRL  # noqa: E402
+
+#: the documented configurations (README "Results"); keep in sync with the CLI commands there
+CONFIGS = {
+    "dlrl mode=published": dict(mode="published"),
+    "dlrl mode=paper": dict(mode="paper"),
+    "dlrl paper + biases (best)": dict(mode="paper", bias=True, clip=(1.0, 5.0)),
+}
+FIT = {
+    "dlrl mode=published": {},
+    "dlrl mode=paper": {},
+    "dlrl paper + biases (best)": {},
+}
+
+
+# ----------------------------------------------------------------------------- eager reference
+def eager_published(train, test, shape, epochs=300, d=20, blocks=5, p=1.0, seed=0, dtype=torch.float32):
+    """The published algorithm, dense and eager (see module doc). Returns (test_rmse, seconds, epochs)."""
+    m, n = shape
+    t0 = time.perf_counter()
+    X = torch.zeros(m, n, dtype=dtype)
+    H = torch.zeros(m, n, dtype=dtype)
+    X[train.rows, train.cols] = train.values.to(dtype)
+    H[train.rows, train.cols] = 1.0
+    g = torch.Generator().manual_seed(seed)
+    Xs = [torch.rand(m, d, generator=g, dtype=dtype)] + [torch.eye(d, dtype=dtype) for _ in range(blocks - 2)] + \
+         [torch.rand(d, n, generator=g, dtype=dtype)]
+    Ws = [torch.nn.Parameter(torch.rand(m, d, generator=g, dtype=dtype))] + \
+         [torch.nn.Parameter(torch.eye(d, dtype=dtype)) for _ in range(blocks - 2)] + \
+         [torch.nn.Parameter(torch.rand(d, n, generator=g, dtype=dtype))]
+    eta = torch.nn.Parameter(torch.tensor(0.1, dtype=dtype))
+    opt = torch.optim.Adam([*Ws, eta], lr=0.01, betas=(0.9, 0.92), weight_decay=0.15)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=0.1, patience=10)
+
+    def chain(fs, size):
+        out = torch.eye(size, dtype=dtype)
+        for f in fs:
+            out = out @ f
+        return out
+
+    def forward():
+        e = eta.clamp(0.0, 1.0)
+        P = chain(Xs, m)
+        R = H * (X - P)
+        outs = []
+        for k in range(blocks):
+            A = chain(Xs[:k], m)
+            B = chain(Xs[k + 1:], Xs[k].shape[1])
+            grad = A.t() @ R @ B.t()
+            sa = torch.linalg.svdvals(A)[0].clamp_min(1e-4)
+            sb = torch.linalg.svdvals(B)[0].clamp_min(1e-4)
+            Y = Xs[k] - grad / (e * (sa * sb) ** 2)
+            W = Ws[k]
+            flip = Y.shape[0] < 2 * Y.shape[1]
+            if flip:
+                Y, W = Y.t(), W.t()
+            S = Y.t() @ Y
+            st = 0.002 * S.diagonal().abs().max()
+            G = 0.5 * torch.pow(S + st, (p - 2.0) / 2.0)
+            T = 0.5 * W @ torch.linalg.pinv(G)
+            out = torch.relu(T)
+            outs.append(out.t() if flip else out)
+        return outs
+
+    done = 0
+    for _ in range(epochs):
+        opt.zero_grad()
+        outs = forward()
+        Ph = chain(outs, m)
+        J = 0.5 * ((H * (Ph - X)) ** 2).sum()
+        J.backward()
+        opt.step()
+        sched.step(float(J))
+        done += 1
+        if opt.param_groups[0]["lr"] < 1e-3 * 0.01:
+            break
+    secs = time.perf_counter() - t0
+    with torch.no_grad():
+        Ph = chain(forward(), m)
+        err = rmse(Ph[test.rows, test.cols], test.values)
+    return err, secs, done
+
+
+def run_dlrl(train, test, shape, epochs, kw, fit_kw):
+    model = DLRL(shape, **kw)
+    model.fit(rows=train.rows, cols=train.cols, values=train.values, epochs=epochs, progress=False, **fit_kw)
+    return rmse(model.predict(test.rows, test.cols), test.values), model.fit_seconds, len(model.history), model
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "ml-100k"), help="ML-100K folder")
+    ap.add_argument("--epochs", type=int, default=300)
+    ap.add_argument("--quick", action="store_true", help="30 epochs per row")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    ap.add_argument("--skip-eager", action="store_true", help="leave out the slow eager reference row")
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    epochs = 30 if a.quick else a.epochs
+    data = load_movielens(a.data)
+    train, test = split_published(data)
+    shape = data.shape
+    rows = []
+
+    # warm-up (imports: Adam pulls in torch._dynamo on first use; thread pools)
+    run_dlrl(train, test, shape, 3, dict(mode="paper"), {})
+    if not a.skip_eager:
+        eager_published(train, test, shape, epochs=2)
+        err, secs, ep = eager_published(train, test, shape, epochs=epochs)
+        rows.append({"system": "eager-dense (published algorithm)", "test_rmse": err, "fit_seconds": secs, "epochs": ep})
+        print(f"{rows[-1]['system']:<34} RMSE {err:.4f}  {secs:8.2f} s  {ep} epochs", flush=True)
+    for name, kw in CONFIGS.items():
+        err, secs, ep, model = run_dlrl(train, test, shape, epochs, kw, FIT[name])
+        rows.append({"system": name, "test_rmse": err, "fit_seconds": secs, "epochs": ep,
+                     "backend": model.backend_used, "stop_reason": model.stop_reason})
+        print(f"{name:<34} RMSE {err:.4f}  {secs:8.2f} s  {ep} epochs", flush=True)
+    base = rows[0]["fit_seconds"] if not a.skip_eager else None
+    print("\n| system | test RMSE | fit time (s) | epochs | speed-up vs eager |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        sp = f"{base / r['fit_seconds']:.0f}×" if base else "—"
+        r["speedup_vs_eager"] = base / r["fit_seconds"] if base else None
+        print(f"| {r['system']} | {r['test_rmse']:.4f} | {r['fit_seconds']:.2f} | {r['epochs']} | {sp} |")
+    if a.json:
+        meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                "machine": platform.platform(), "cpu": platform.processor() or platform.machine(),
+                "device": "cpu", "data": "MovieLens-100K, published split (seed 2020 randperm, 80/20)",
+                "epochs": epochs}
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+        print(f"wrote {a.json}")
+
+
+if __name__ == "__main__":
+    main()
