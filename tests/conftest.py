@@ -1,9 +1,17 @@
 """Shared fixtures: fresh random inputs every run (the seed is printed on failure)."""
 import os
-import secrets
 
-import pytest
-import torch
+# Run the Triton kernels on CPU tensors through Triton's interpreter (how CI checks them
+# against the references, there is no GPU there). It must be set before anything imports
+# triton / dlrl_kernels._triton: @triton.jit decides interpreter vs compiler when a kernel is
+# decorated, and _triton.INTERPRET / ON_GPU are read at import. setdefault: a GPU run can
+# export TRITON_INTERPRET=0 to test the compiled kernels instead.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import secrets  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 

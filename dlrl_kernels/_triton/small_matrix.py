@@ -5,6 +5,8 @@ Public functions (twins of the references in ``dlrl_kernels.ops``):
 - ``gram(Y)``: Y (..., r, d) -> YᵀY; rows swept in BLOCK_R chunks (d tiled in BLOCK_D tiles
   when d > 128; on a GPU with few matrices the rows are also split across programs and the
   partial Grams summed by torch — deterministic).
+- ``gram_pinv_newton(G, rtol)``: ``ops.pinv.gram_pinv_newton``, the public
+  ``pinv(method="newton")`` (``gram`` + ``psd_pinv_newton`` below, torch for the glue).
 - ``ns_pinv(G, max_iters)``: ``ops.pinv.ns_pinv`` (same scale α = 1/c², same relative-step
   stop rule per matrix, same cap), returns X only; ``ns_pinv_full`` also propagates a
   tangent dX (forward mode).
@@ -354,7 +356,8 @@ def _power_kernel(
 
 
 @triton.jit
-def _power_iter_kernel(S, OUT, d, iters, s_b, s_i, s_j, BD: tl.constexpr):
+def _power_iter_kernel(S, OUT, VOUT, d, iters, s_b, s_i, s_j, WANT_V: tl.constexpr, BD: tl.constexpr):
+    """OUT[b] = vᵀ S v after ``iters`` normalised power steps; VOUT[b] = v when WANT_V."""
     b = tl.program_id(0).to(tl.int64)
     s = _load_sq(S, b, s_b, s_i, s_j, d, d, BD)
     i = tl.arange(0, BD)
@@ -367,6 +370,8 @@ def _power_iter_kernel(S, OUT, d, iters, s_b, s_i, s_j, BD: tl.constexpr):
         v = tl.where(nw > 0, w / tl.where(nw > 0, nw, 1.0), 0.0)
     sv = tl.sum(s * v[None, :], axis=1)
     tl.store(OUT + b, tl.sum(v * sv, axis=0))
+    if WANT_V:
+        tl.store(VOUT + b * d + i, v, mask=i < d)
 
 
 # ============================================================================ host side
@@ -478,6 +483,29 @@ def ns_pinv_full(G, max_iters=None, dG=None):
 def ns_pinv(G, max_iters=None):
     """Newton–Schulz pseudo-inverse: ``ops.pinv.ns_pinv(G, max_iters)[0]``."""
     return ns_pinv_full(G, max_iters)[0]
+
+
+def gram_pinv_newton(G, rtol=None):
+    """``ops.pinv.gram_pinv_newton`` (the public ``pinv(method="newton")``): G⁺ = (GᵀG)⁺Gᵀ
+    (Gᵀ(GGᵀ)⁺ when G is wide), the small Gram by ``gram``, its thresholded PSD pseudo-inverse
+    by ``psd_pinv_newton`` (sign iteration + full-rank inverse: no null-space blow-up), the
+    scale and the last product in torch. Same threshold: singular values below rtol·σ_max
+    count as zero (Gram threshold max(rtol², d·eps))."""
+    from ..ops.pinv import default_rtol, schulz_scale
+
+    check_dtype(G)
+    if rtol is None:
+        rtol = default_rtol(G)
+    tall = G.shape[-2] >= G.shape[-1]
+    Gt = G.transpose(-1, -2)
+    M = gram(G) if tall else gram(Gt)
+    M = 0.5 * (M + M.transpose(-1, -2))
+    d = M.shape[-1]
+    c = schulz_scale(M)
+    c = torch.where(c > 0, c, torch.ones_like(c))[..., None, None]
+    tau = max(float(rtol) ** 2, d * torch.finfo(G.dtype).eps)
+    Mp = psd_pinv_newton(M / c, tau)[0] / c
+    return Mp @ Gt if tall else Gt @ Mp
 
 
 def _same_layout(A, dA):
@@ -679,27 +707,47 @@ def newton_power_backward(S, a, C, iters=None, rtol=None, fused=None):
 
 
 # ----------------------------------------------------------------------------- power iteration
-def power_iteration(S, iters=30):
-    """``ops.spectral_norm.power_iteration``: λ_max of symmetric PSD S (..., d, d)."""
+def _power_iteration_torch(S, iters):
+    """(λ, v) of ``ops.spectral_norm.power_iteration`` (same start, same steps), no autograd."""
+    d = S.shape[-1]
+    with torch.no_grad():
+        v = torch.ones(S.shape[:-1], dtype=S.dtype, device=S.device)
+        v = v + 1e-3 * torch.arange(d, dtype=S.dtype, device=S.device) / d
+        v = v / torch.linalg.vector_norm(v, dim=-1, keepdim=True)
+        for _ in range(iters):
+            w = (S @ v[..., None])[..., 0]
+            v = w / torch.linalg.vector_norm(w, dim=-1, keepdim=True).clamp_min(torch.finfo(S.dtype).tiny)
+        return (v * (S @ v[..., None])[..., 0]).sum(-1), v
+
+
+def power_iteration(S, iters=30, return_vector=False):
+    """``ops.spectral_norm.power_iteration``: λ_max of symmetric PSD S (..., d, d).
+
+    Not differentiable by itself (kernel output); with ``return_vector`` also returns the
+    final unit vector v, from which ``ops.spectral_norm`` builds the gradient v vᵀ.
+    """
     check_dtype(S)
     d = S.shape[-1]
     if d > MAX_D:
-        from ..ops.spectral_norm import power_iteration as ref
-
-        return ref(S, iters)
+        lam, v = _power_iteration_torch(S, int(iters))
+        return (lam, v) if return_vector else lam
     Sb = _flat(S, d, d)
     nb = Sb.shape[0]
     out = torch.empty(nb, dtype=S.dtype, device=S.device)
+    vout = torch.empty((nb, d), dtype=S.dtype, device=S.device) if return_vector else out
     if nb:
         bd = next_pow2(d)
         _power_iter_kernel[(nb,)](
-            Sb, out, d, int(iters), Sb.stride(0), Sb.stride(1), Sb.stride(2), BD=bd, num_warps=_warps(bd),
+            Sb, out, vout, d, int(iters), Sb.stride(0), Sb.stride(1), Sb.stride(2),
+            WANT_V=bool(return_vector), BD=bd, num_warps=_warps(bd),
         )
-    return out.reshape(S.shape[:-2])
+    lam = out.reshape(S.shape[:-2])
+    return (lam, vout.reshape(S.shape[:-1])) if return_vector else lam
 
 
 __all__ = [
     "gram",
+    "gram_pinv_newton",
     "ns_pinv",
     "ns_pinv_full",
     "ns_sqrt",

@@ -5,6 +5,10 @@ the iterations themselves, so the gradient is the exact derivative of the comput
 
 Pipeline for S (..., m, n), d = min(m, n):
 
+0. Input checks (argument types and ranges; S must be finite: one host sync, like the SVD twin,
+   which also rejects NaN / Inf), then S is divided by its (detached) max |entry| so that the
+   Gram matrix can neither overflow nor underflow (float32 |S| ≳ 1e19 or ≲ 1e-19); the scale
+   is folded back into c below.
 1. Small Gram side M = SᵀS or SSᵀ (d×d); σ_i² are its eigenvalues.
 2. Scale (no SVD, no gradient): c² = ‖M⁸‖_F^{1/8}, computed with three normalised squarings
    (M → M² → M⁴ → M⁸). It is a guaranteed upper bound of λ_max(M) = σ₁², too large by at most
@@ -30,7 +34,8 @@ Pipeline for S (..., m, n), d = min(m, n):
    - Schulz (Geman, γ-nuclear: rational in t): tr(U (U + εI)^{-1}), ε = γ/c, with the seed
      paper's Newton–Schulz inverse X ← X(2I − BX) (hyperpower order 2) of the SPD matrix
      B = U + εI from X₀ = I/(1+ε) (so 0 < α < 2/λ_max(B)); its spectrum is bounded away from 0,
-     so a fixed count ⌈log₂(40(1+ε)/ε)⌉ (f64; 24 in f32) converges and cannot diverge.
+     so a fixed count ⌈log₂(40(1+ε)/ε)⌉ (f64; ⌈log₂(20(1+ε)/ε)⌉ in f32) converges and cannot
+     diverge.
    - MCP / SCAD are piecewise quadratic in σ, C¹ with jumps of h'' at the breakpoints.
      Instead of a (slowly converging, O(N⁻²)) polynomial we use the identities
        MCP(σ)  = λσ − σ²/(2γ) + (σ − γλ)₊²/(2γ)
@@ -46,10 +51,14 @@ Differences from the seed paper's public code (SPEC §8): every Newton–Schulz 
 convergence under the library's stop rule (the public code runs one Schulz step whatever the
 count), and the scale is the matmul bound of step 2 (the public code takes a CPU SVD).
 
-Accuracy (measured, see docs/lowrank_penalty.md): float64 relative value errors ≈ 1e-13..1e-10
-and gradient errors ≈ 1e-12..1e-8 on full-rank S with κ ≤ 1e3; float32 is limited by
-forming SᵀS in float32: σ_i below ≈ √(d·eps)·σ₁ are not resolved, which costs little value
-but gradient directions (h'(σ) u vᵀ) of those σ_i.
+Accuracy (measured by bench/penalty_accuracy.py and tests/test_lowrank_penalty.py, table in
+docs/lowrank_penalty.md), relative to the SVD twin: float64 values ≤ 2e-13 and gradients
+≤ 4e-11 for κ = σ₁/σ_min ≤ 1e3 with the default gamma (gradients up to ≈ 1e-8 where h' is
+tiny next to the fit's scale, e.g. Laplace with γ = σ₁/100, or for MCP / SCAD when a σ lies
+within ≈ √(d·eps)·σ₁ of a breakpoint); rank-deficient S as accurate (gradient in the range,
+null part at rounding level). float32 is limited by forming SᵀS in float32: σ_i below
+≈ √(d·eps)·σ₁ are not resolved, which costs little value (≈ 1e-7..1e-5) but gradient
+accuracy ≈ eps·κ² (2e-6 at κ = 10, 1e-4 at κ = 100, 1e-2 at κ = 1e3).
 """
 from __future__ import annotations
 
@@ -79,7 +88,11 @@ class PenaltyArgumentError(ValueError, TypeError):
 
 
 # ----------------------------------------------------------------------------- validation
-def _check(S, h, p, gamma, lam, probes, probe_kind, thresh):
+def _is_real(x):
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _check(S, h, p, gamma, lam, probes, probe_kind, thresh, iters=None, tol=None, max_degree=None, generator=None):
     if not isinstance(S, torch.Tensor):
         raise PenaltyArgumentError(f"S: expected a torch.Tensor, got {type(S).__name__}")
     if S.dtype not in FLOAT_DTYPES:
@@ -100,17 +113,41 @@ def _check(S, h, p, gamma, lam, probes, probe_kind, thresh):
         if not gamma > lo:
             raise PenaltyArgumentError(f"gamma: expected gamma > {lo:g} for h={h!r}, got {gamma!r}")
         gamma = float(gamma)
-    if not isinstance(lam, (int, float)) or isinstance(lam, bool):
+    if not _is_real(lam):
         raise PenaltyArgumentError(f"lam: expected a real number, got {type(lam).__name__}")
+    if not math.isfinite(lam):
+        raise PenaltyArgumentError(f"lam: expected a finite real number, got {lam!r}")
     if h in ("mcp", "scad"):
-        if not isinstance(thresh, (int, float)) or isinstance(thresh, bool) or not thresh > 0:
-            raise PenaltyArgumentError(f"thresh: expected a positive real number, got {thresh!r}")
+        if not _is_real(thresh) or not math.isfinite(thresh) or not thresh > 0:
+            raise PenaltyArgumentError(f"thresh: expected a positive finite real number, got {thresh!r}")
     if probes is not None:
         if not isinstance(probes, int) or isinstance(probes, bool) or probes < 1:
             raise PenaltyArgumentError(f"probes: expected None or an integer >= 1, got {probes!r}")
     if probe_kind not in PROBE_KINDS:
         raise PenaltyArgumentError(f"probe_kind: expected one of {list(PROBE_KINDS)}, got {probe_kind!r}")
+    if iters is not None and (not isinstance(iters, int) or isinstance(iters, bool) or iters < 1):
+        raise PenaltyArgumentError(f"iters: expected None or an integer >= 1, got {iters!r}")
+    if tol is not None and (not _is_real(tol) or not 0.0 < tol < 1.0):
+        raise PenaltyArgumentError(f"tol: expected None or a real number in (0, 1), got {tol!r}")
+    if max_degree is not None and (not isinstance(max_degree, int) or isinstance(max_degree, bool) or max_degree < 1):
+        raise PenaltyArgumentError(f"max_degree: expected None or an integer >= 1, got {max_degree!r}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise PenaltyArgumentError(f"generator: expected None or a torch.Generator, got {type(generator).__name__}")
     return gamma
+
+
+def _check_finite(S):
+    """Per-matrix max |S| (detached), after checking that S has no NaN / Inf (one host sync).
+
+    The SVD twin (torch.linalg.svdvals) raises on non-finite input too; without this check a NaN
+    would come back as a NaN penalty (or a NaN gradient) far from its cause.
+    """
+    amax = S.detach().abs().amax(dim=(-2, -1)) if S.numel() else S.new_zeros(S.shape[:-2])
+    if not bool(torch.isfinite(amax).all()):
+        n_nan = int(torch.isnan(S).sum())
+        n_inf = int(torch.isinf(S).sum())
+        raise PenaltyArgumentError(f"S: expected finite entries, got {n_nan} NaN and {n_inf} Inf")
+    return amax
 
 
 # ----------------------------------------------------------------------------- h itself
@@ -159,6 +196,7 @@ def lowrank_penalty_exact(S, h="nuclear", p=0.5, gamma=None, lam=1.0, thresh=1.0
     (a subgradient choice; the true one is unbounded).
     """
     gamma = _check(S, h, p, gamma, lam, None, "rademacher", thresh)
+    _check_finite(S)
     sig = torch.linalg.svdvals(S)
     return lam * h_values(sig, h, p, gamma, thresh).sum(-1)
 
@@ -477,20 +515,29 @@ def lowrank_penalty(
     "gamma_nuclear" | "mcp" | "scad" (see ``h_values``; gamma defaults per h: 1, MCP 3,
     SCAD 3.7; ``thresh`` is the λ of MCP/SCAD). probes: None for the exact trace, or k for a
     Hutchinson estimate with k ``probe_kind`` vectors drawn from ``generator`` (unbiased for
-    the exact-trace estimate). iters: cap on the Newton–Schulz square-root steps (default 40
-    float64 / 32 float32, each matrix stops at its step minimum). tol / max_degree: target
+    the exact-trace estimate). iters: cap on the Newton–Schulz square-root steps (default 60
+    float64 / 40 float32, each matrix stops at its step minimum). tol / max_degree: target
     relative (j-weighted) Chebyshev tail and degree cap (defaults 1e-12 / 512 in float64,
     1e-6 / 256 in float32). The route (Chebyshev level, Schulz inverse, piecewise quadratic)
     is chosen per call; see the module docstring.
+
+    Bad arguments (unknown h, p ∉ (0, 2], gamma ≤ 0 (SCAD: ≤ 2), non-float / non-finite S,
+    probes < 1, …) raise ``PenaltyArgumentError``, a ValueError that is also a TypeError, whose
+    message starts with the argument's name.
     """
-    gamma = _check(S, h, p, gamma, lam, probes, probe_kind, thresh)
+    gamma = _check(S, h, p, gamma, lam, probes, probe_kind, thresh, iters, tol, max_degree, generator)
     p = float(p)
-    M = _gram_side(S)
+    amax = _check_finite(S)
+    # Pre-scale by max |S| (detached) before the Gram, so that SᵀS neither overflows nor
+    # underflows (float32 |S| ≳ 1e19 or ≲ 1e-19 would otherwise give Inf / 0); c = s·c'.
+    s = torch.where(amax > 0, amax, torch.ones_like(amax))
+    M = _gram_side(S / s[..., None, None])
     d = M.shape[-1]
     batch = M.shape[:-2]
-    c2 = gram_scale(M.detach())
-    c = torch.sqrt(c2)
-    A = M / c2[..., None, None]
+    c2s = gram_scale(M.detach())
+    c = s * torch.sqrt(c2s)
+    c2 = c * c
+    A = M / c2s[..., None, None]
     tracer = _Tracer(None if probes is None else _probes((*batch, d), probes, probe_kind, S.dtype, S.device, generator))
     if d == 0:
         return torch.zeros(batch, dtype=S.dtype, device=S.device) + 0 * S.sum((-2, -1))

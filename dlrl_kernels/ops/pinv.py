@@ -157,9 +157,11 @@ class PinvFn(torch.autograd.Function):
         if method == "svd":
             X = svd_pinv(G, rtol)
         elif backend == "triton":
+            # the same algorithm as the reference below (the plain Schulz ``ns_pinv`` has no
+            # threshold and leaves null-space noise on rank-deficient G)
             from .._triton import small_matrix as k
 
-            X = k.ns_pinv(G, max_iters)
+            X = k.gram_pinv_newton(G, rtol)
         else:
             X = gram_pinv_newton(G, rtol)
         ctx.save_for_backward(G, X)

@@ -31,6 +31,25 @@ def power_iteration(S, iters=30):
     return (v * (S @ v[..., None])[..., 0]).sum(-1)
 
 
+class PowerIterationFn(torch.autograd.Function):
+    """Kernel power iteration; backward ∂λ/∂S = v vᵀ with v the final unit vector (the
+    gradient of the Rayleigh quotient vᵀSv at the converged vector; the reference's autograd
+    through the iterations agrees up to the iteration's own convergence error)."""
+
+    @staticmethod
+    def forward(ctx, S, iters):
+        from .._triton import small_matrix as k
+
+        lam, v = k.power_iteration(S, iters, return_vector=True)
+        ctx.save_for_backward(v)
+        return lam
+
+    @staticmethod
+    def backward(ctx, g):
+        (v,) = ctx.saved_tensors
+        return g[..., None, None] * (v[..., :, None] * v[..., None, :]), None
+
+
 def spectral_norm_sq(A, method: str = "auto", iters: int = 30, backend: str = "auto"):
     """σ_max(A)² for A (..., r, c).
 
@@ -47,7 +66,5 @@ def spectral_norm_sq(A, method: str = "auto", iters: int = 30, backend: str = "a
     if method == "eigh":
         return torch.linalg.eigvalsh(0.5 * (S + S.transpose(-1, -2)))[..., -1]
     if be == "triton":
-        from .._triton import small_matrix as k
-
-        return k.power_iteration(S, iters)
+        return PowerIterationFn.apply(S, int(iters))
     return power_iteration(S, iters)

@@ -18,15 +18,22 @@ Modes
   G = ½ (S + st)^{∘(p−2)/2}, st = 0.002·max|diag S|, then T = ½ W·pinv(G) (SVD pinv), and
   the published init / optimiser / schedule / stopping.
 - ``"paper"`` (default): the equations as meant — descent step, true matrix power, short
-  side. Eq. 23's ½ W G⁺ equals W S^{(2−p)/2} (SPEC §2), and the plain power lets the factor
-  scales run away (SPEC §2 measured RMSE 1.9–2.3). We divide S^a by its Frobenius norm —
-  a scalar that W absorbs, so each block's output is invariant to the scale of Y_k and its
-  gain is at most 1 (``normalize="frobenius"``, the default). Dividing by the mean
-  eigenvalue instead (SPEC's prototype, ``normalize="trace"``) still lets a dominant
-  direction grow by up to d per block — with positive factors the top eigenvalue of S^a is
-  close to d times the mean — i.e. d^I over the chain: we measured an initial loss of 4e12
-  and RMSE 2.5 with it on ML-100K.
-
+  side. Eq. 23's ½ W G⁺ equals W S^{(2−p)/2} (SPEC §2). Trained as printed it does not work
+  (SPEC §2: RMSE 1.9–2.3, the factor scales run away), so three choices are made on purpose,
+  each measured on ML-100K (published split, 300 epochs, seed 0):
+  1. ``normalize="spectral"``: S^a is divided by its largest eigenvalue, a scalar that W
+     absorbs, so each block is invariant to the scale of Y_k and has gain one. (Frobenius:
+     the blocks start √d too small and training stalls at RMSE 0.954; mean eigenvalue
+     (SPEC's prototype): a dominant direction still grows ~d per block, initial loss 4e12.)
+  2. ``init="signed"``: the fixed factors X_k are zero-mean (randn/√d). Positive factors,
+     as published, make S_k = Y_kᵀY_k nearly rank one (one huge all-ones direction), so
+     S_k^a is too and every block output collapses towards rank one: with them paper mode
+     sits on the rank-one plateau at RMSE 0.954 whatever else is tuned.
+  3. Regularisation per observed entry: Adam weight decay 1.25e-4·nnz (10 on ML-100K) and
+     plateau patience 5. Without it the now-expressive model overfits (training loss keeps
+     falling, test RMSE rises past 1.0).
+  The outer weights are also scaled once so that the first prediction fits the data's scale
+  (``_match_scale``).
 Beyond the paper (both modes): global mean and user/item biases (``bias=True``),
 predictions clipped to the rating scale (``clip=(lo, hi)``), validation-based early stopping.
 

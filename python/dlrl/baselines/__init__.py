@@ -10,6 +10,9 @@ class                     paper
 :class:`MSS`              Xu, Lin & Zha (2017), Schatten-1/2 via two nuclear-norm
                           factors (PALM)
 :class:`TNNR`             Hu, Zhang, Ye, Li & He (2013), truncated nuclear norm, APGL
+:class:`DMF`              Arora, Cohen, Hu & Luo (2019), deep matrix factorisation by
+                          gradient descent from small init (implicit low-rank bias; no
+                          SVD: ``dlrl_kernels.masked_loss`` and its chain-product backward)
 ========================  ============================================================
 
 All share the interface of :class:`BaselineCompleter`::
@@ -17,8 +20,11 @@ All share the interface of :class:`BaselineCompleter`::
     model = SVT(svd="randomized", max_iter=500).fit(X, mask, X_true=X_true)
     X_hat = model.complete()            # observed entries kept
     model.history, model.n_svd, model.fit_seconds
+
+(:class:`DMF` accepts only ``svd="full"``, which it ignores: it computes no SVD.)
 """
 from ._common import SVD_MODES, BaselineCompleter, randomized_svd
+from .dmf import DMF
 from .irnn import IRNN
 from .mss import MSS
 from .soft_impute import SoftImpute
@@ -26,7 +32,7 @@ from .svt import SVT
 from .tnnr import TNNR
 
 BASELINES = {"svt": SVT, "soft_impute": SoftImpute, "softimpute": SoftImpute, "irnn": IRNN,
-             "mss": MSS, "tnnr": TNNR}
+             "mss": MSS, "tnnr": TNNR, "dmf": DMF}
 
 
 def get_baseline(name: str, **kwargs) -> BaselineCompleter:
@@ -38,4 +44,4 @@ def get_baseline(name: str, **kwargs) -> BaselineCompleter:
 
 
 __all__ = ["BaselineCompleter", "SVD_MODES", "randomized_svd", "SVT", "SoftImpute", "IRNN",
-           "MSS", "TNNR", "BASELINES", "get_baseline"]
+           "MSS", "TNNR", "DMF", "BASELINES", "get_baseline"]
