@@ -52,8 +52,8 @@ convergence under the library's stop rule (the public code runs one Schulz step 
 count), and the scale is the matmul bound of step 2 (the public code takes a CPU SVD).
 
 Accuracy (measured by bench/penalty_accuracy.py and tests/test_lowrank_penalty.py, table in
-docs/lowrank_penalty.md), relative to the SVD twin: float64 values ≤ 2e-13 and gradients
-≤ 4e-11 for κ = σ₁/σ_min ≤ 1e3 with the default gamma (gradients up to ≈ 1e-8 where h' is
+docs/lowrank_penalty.md), relative to the SVD twin: float64 values ≲ 5e-13 and gradients
+≲ 1e-10 for κ = σ₁/σ_min ≤ 1e3 with the default gamma (gradients up to ≈ 1e-8 where h' is
 tiny next to the fit's scale, e.g. Laplace with γ = σ₁/100, or for MCP / SCAD when a σ lies
 within ≈ √(d·eps)·σ₁ of a breakpoint); rank-deficient S as accurate (gradient in the range,
 null part at rounding level). float32 is limited by forming SᵀS in float32: σ_i below
