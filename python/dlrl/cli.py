@@ -12,25 +12,33 @@ D = argparse.ArgumentDefaultsHelpFormatter
 
 
 # ----------------------------------------------------------------------------- shared options
-def _model_options(p: argparse.ArgumentParser, epochs=300):
+def _model_options(p: argparse.ArgumentParser, images=False):
+    """Model and training options. ``images``: the defaults of ``dlrl.complete`` (inpaint, demo)."""
     g = p.add_argument_group("model")
     g.add_argument("--mode", choices=["paper", "published"], default="paper",
                    help="paper: the equations as meant (descent step, true matrix power, normalised); "
                         "published: the reference code's behaviour point by point (SPEC §4)")
-    g.add_argument("--rank", type=int, default=20, help="inner dimension d of the factors")
+    g.add_argument("--rank", type=int, default=10 if images else 20, help="inner dimension d of the factors")
     g.add_argument("--blocks", type=int, default=5, help="number of low-rank blocks I (factors X_1..X_I)")
     g.add_argument("--p", type=float, nargs="+", default=[1.0],
                    help="block exponents p_k in (0, 2]: one for all blocks or one per block (1/p = Σ 1/p_k)")
     g.add_argument("--refresh", choices=["fixed", "carry"], default="fixed",
                    help="fixed: the factors X_k never change (as published); carry: X_k <- X̂_k after each epoch")
-    g.add_argument("--bias", action="store_true", help="learn a global mean and user/item biases (beyond the paper)")
+    if images:
+        g.add_argument("--no-bias", dest="bias", action="store_false",
+                       help="no global mean / row / column biases (default: learn them)")
+    else:
+        g.add_argument("--bias", action="store_true", help="learn a global mean and user/item biases (beyond the paper)")
     g.add_argument("--loss", choices=["sum", "mean"], default="sum", help="training loss reduction (paper Eq. 26: sum)")
     g.add_argument("--seed", type=int, default=0, help="seed of the factor / weight initialisation")
     t = p.add_argument_group("training")
-    t.add_argument("--epochs", type=int, default=epochs, help="maximum number of epochs")
+    t.add_argument("--epochs", type=int, default=600 if images else 300, help="maximum number of epochs")
     t.add_argument("--lr", type=float, default=0.01, help="Adam learning rate")
-    t.add_argument("--weight-decay", type=float, default=0.15, help="Adam (L2) weight decay")
-    t.add_argument("--patience", type=int, default=10, help="ReduceLROnPlateau patience (epochs)")
+    t.add_argument("--weight-decay", type=float, default=0.0 if images else None,
+                   help="Adam (L2) weight decay" + ("" if images else
+                        "; default: the mode's (published 0.15; paper 1.25e-4 per observed rating)"))
+    t.add_argument("--patience", type=int, default=30 if images else None,
+                   help="ReduceLROnPlateau patience in epochs" + ("" if images else "; default: published 10, paper 5"))
     t.add_argument("--early-stopping", type=int, default=None, metavar="N",
                    help="stop after N epochs without a better validation RMSE and keep the best weights "
                         "(needs --val-fraction > 0)")
@@ -178,7 +186,7 @@ def inpaint_image(img, observed, a, progress=None):
         X = img[:, :, ch].clone()
         X[~observed[:, :, ch]] = float("nan")
         rec[:, :, ch] = complete(X, **_model_kwargs(a), epochs=a.epochs, lr=a.lr, weight_decay=a.weight_decay,
-                                 patience=a.patience, progress=progress if progress is not None else not a.quiet)
+                                 patience=a.patience, progress=(not a.quiet) if progress is None else progress)
     return rec.clamp(0, 255).to(torch.float64)
 
 
@@ -228,32 +236,30 @@ def _resize(img, size):
 
 # ----------------------------------------------------------------------------- demo
 def cmd_demo(a):
-    import torch
-
     from . import images as im
     from .complete import complete
+    from .model import PAPER_BEST
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     print("dlrl demo: DLRL matrix completion on data that needs no download.\n", flush=True)
+    opts = dict(_model_kwargs(a), epochs=a.epochs, lr=a.lr, weight_decay=a.weight_decay, patience=a.patience)
 
     # 1. synthetic low-rank matrix
     prob = im.synthetic_low_rank(100, 100, rank=5, noise=0.0, missing=0.5, seed=a.seed)
     t0 = time.perf_counter()
-    X_hat, model = complete(prob["observed"], rank=20, epochs=a.epochs, return_model=True, progress=not a.quiet,
-                            **_demo_options())
+    X_hat, model = complete(prob["observed"], return_model=True, progress=not a.quiet, **opts)
     secs = time.perf_counter() - t0
     err = im.rsre(X_hat, prob["truth"])
     print(f"[1] synthetic 100×100 rank-5 matrix, 50 % missing: RSRE {err:.4f} "
           f"(‖X̂ − X‖_F / ‖X‖_F over all entries), {len(model.history)} epochs, {secs:.1f} s")
     _plot_history(model.history, out / "synthetic_loss.png", f"synthetic 100×100 rank 5: RSRE {err:.4f}")
 
-    # 2. image inpainting on a scikit-image sample
-    ns = argparse.Namespace(**{**vars(a), "image": "sample", "mask": None, "text": None})
+    # 2. image inpainting on a scikit-image sample, channel by channel
     img = im.sample_image("astronaut", size=a.size)
     observed = im.random_mask(img.shape, missing=0.4, seed=a.seed)
     t0 = time.perf_counter()
-    rec = inpaint_image(img, observed, _demo_namespace(ns), progress=False)
+    rec = inpaint_image(img, observed, a, progress=False)
     secs = time.perf_counter() - t0
     psnr = im.psnr_missing(rec, img, observed)
     shown = img.clone()
@@ -264,32 +270,19 @@ def cmd_demo(a):
     print(f"[2] astronaut {img.shape[0]}×{img.shape[1]}×3, 40 % of pixels missing per channel: PSNR over the "
           f"missing pixels {psnr:.2f} dB, {secs:.1f} s")
 
-    # 3. MovieLens-100K if it is at hand (never downloaded by the demo)
+    # 3. MovieLens-100K if it is at hand (the demo never downloads)
     ml = _find_ml100k(a.ml100k)
     if ml is not None:
-        fa = argparse.Namespace(ratings=str(ml), format="movielens", split="published", sep=None, scale=None,
-                                duplicates="last", test_fraction=0.2, split_seed=0, holdout=1, val_fraction=0.0,
-                                no_clip=False, resume=None, save=None, json=str(out / "ml100k.json"),
-                                plot=str(out / "ml100k_loss.png"), **{k: getattr(a, k) for k in _MODEL_KEYS})
-        fa.mode, fa.epochs, fa.bias = "paper", 300, True
-        print("[3] MovieLens-100K found at", ml, "(published 80/20 split, paper mode with biases):")
+        print(f"[3] MovieLens-100K at {ml}: published 80/20 split, paper mode with biases "
+              f"(the documented best configuration):", flush=True)
+        fa = build_parser().parse_args(["fit", str(ml), "--bias", "--weight-decay", str(PAPER_BEST["weight_decay"]),
+                                        "--json", str(out / "ml100k.json"), "--plot", str(out / "ml100k_loss.png")]
+                                       + (["--quiet"] if a.quiet else []))
         cmd_fit(fa)
     else:
-        print("[3] MovieLens-100K not found (pass --ml100k FOLDER, or run `dlrl fit FOLDER`); skipped")
+        print("[3] MovieLens-100K not found (pass --ml100k FOLDER, or run `dlrl fit FOLDER`): skipped")
     print(f"\nfigures and results are in {out}/")
     return 0
-
-
-_MODEL_KEYS = ("rank", "blocks", "p", "refresh", "bias", "loss", "seed", "device", "backend", "dtype", "quiet",
-               "lr", "weight_decay", "patience", "early_stopping", "mode", "epochs")
-
-
-def _demo_options():
-    return {}
-
-
-def _demo_namespace(ns):
-    return ns
 
 
 def _find_ml100k(given):
@@ -345,7 +338,7 @@ def build_parser():
     m.add_argument("--mask", default=None, help="mask image file: a pixel is missing where any channel is below 255")
     i.add_argument("--size", type=int, default=None, help="resize so that the longer side has this many pixels")
     i.add_argument("--out", default="inpainted.png", help="recovered image; a _side_by_side.png figure is written next to it")
-    _model_options(i, epochs=300)
+    _model_options(i, images=True)
     i.set_defaults(func=cmd_inpaint)
 
     d = sub.add_parser("demo", formatter_class=D, help="a two-minute tour on data at hand",
@@ -354,7 +347,7 @@ def build_parser():
     d.add_argument("--out", default="dlrl_demo", help="folder for figures and results")
     d.add_argument("--size", type=int, default=128, help="longer side of the sample image")
     d.add_argument("--ml100k", default=None, help="MovieLens-100K folder (default: look for ../shared/data/ml-100k)")
-    _model_options(d, epochs=300)
+    _model_options(d, images=True)
     d.set_defaults(func=cmd_demo)
     return ap
 

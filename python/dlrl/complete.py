@@ -7,9 +7,10 @@ import torch
 from .model import DLRL
 
 
-def complete(X, mask=None, rank: int = 20, blocks: int = 5, p=1.0, mode: str = "paper", epochs: int = 300,
-             keep_observed: bool = True, clip: bool = True, seed: int = 0, device=None, dtype=None,
-             progress: bool = False, return_model: bool = False, **options):
+def complete(X, mask=None, rank: int = 10, blocks: int = 5, p=1.0, mode: str = "paper", epochs: int = 600,
+             bias: bool = True, weight_decay: float = 0.0, patience: int = 30, keep_observed: bool = True,
+             clip: bool = True, seed: int = 0, device=None, dtype=None, progress: bool = False,
+             return_model: bool = False, **options):
     """``X`` with its missing entries filled by a DLRL model.
 
     X: an m×n array or tensor; missing entries are NaN, or the False entries of ``mask``.
@@ -18,8 +19,13 @@ def complete(X, mask=None, rank: int = 20, blocks: int = 5, p=1.0, mode: str = "
     product it learns is non-negative, and a shift by a constant adds at most one to the
     rank. ``clip`` keeps the result inside the observed range; ``keep_observed`` returns the
     observed entries unchanged (only the missing ones are predictions).
-    Other keywords go to :class:`dlrl.DLRL` (``bias``, ``refresh``, ``loss``, ...) or, for
-    ``lr``, ``weight_decay``, ``early_stopping``, to ``fit``.
+    Defaults differ from ``DLRL``'s (which are tuned for ratings): a global mean and row /
+    column biases, no weight decay, rank 10, up to 600 epochs with plateau patience 30 —
+    on images and synthetic matrices (data in [0, 1] after the mapping) these recover more
+    than the ratings defaults do (astronaut 128², 40 % missing: 16.9 vs 13.5 dB on the
+    missing pixels of one channel).
+    Other keywords go to :class:`dlrl.DLRL` (``refresh``, ``loss``, ...) or, for ``lr``,
+    ``betas``, ``early_stopping``, ``val``, to ``fit``.
     Returns the completed matrix with X's type (numpy in, numpy out), and the model too when
     ``return_model``.
     """
@@ -45,11 +51,12 @@ def complete(X, mask=None, rank: int = 20, blocks: int = 5, p=1.0, mode: str = "
     lo, hi = float(vals.min()), float(vals.max())
     span = hi - lo if hi > lo else 1.0
     rows, cols = obs.nonzero(as_tuple=True)
-    fit_keys = ("lr", "weight_decay", "early_stopping", "betas", "patience", "val")
+    fit_keys = ("lr", "early_stopping", "betas", "val")
     fit_kw = {k: options.pop(k) for k in fit_keys if k in options}
+    fit_kw.update(weight_decay=weight_decay, patience=patience)
     if dtype is None:
         dtype = "float64" if Xt.dtype == torch.float64 else "float32"
-    model = DLRL(tuple(Xt.shape), rank=rank, blocks=blocks, p=p, mode=mode, seed=seed, dtype=dtype,
+    model = DLRL(tuple(Xt.shape), rank=rank, blocks=blocks, p=p, mode=mode, bias=bias, seed=seed, dtype=dtype,
                  device=device, **options)
     model.fit(rows=rows, cols=cols, values=(vals - lo) / span, epochs=epochs, progress=progress, **fit_kw)
     P = model.complete().to(Xt.device, torch.float64) * span + lo
