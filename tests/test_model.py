@@ -228,3 +228,27 @@ def test_complete_errors():
         dlrl.complete(np.ones(5))
     with pytest.raises(ValueError, match="mask"):
         dlrl.complete(np.ones((4, 5)), mask=np.ones((5, 4), bool))
+
+
+# ------------------------------------------------------------------ torch.compile
+def test_torch_compile_of_a_dlrl_forward_backward_runs_on_cpu(gen):
+    """The training step (hand-written autograd.Functions inside) traces under torch.compile
+    with the reference backend and gives the eager loss and gradients."""
+    X, obs, r, c, v = problem(gen)
+    model = DLRL(X.shape, rank=4, dtype="float64", backend="reference")
+    o = as_observations(rows=r, cols=c, values=v, shape=X.shape).sorted()
+    model._prepare(o)
+
+    def step():
+        J = model.loss(o)
+        J.backward()
+        return J
+
+    J_ref = step()
+    g_ref = [p.grad.clone() for p in model.W] + [model.eta.grad.clone()]
+    for p in model.parameters():
+        p.grad = None
+    J = torch.compile(step, backend="aot_eager")()
+    torch.testing.assert_close(J, J_ref)
+    for p, g in zip([*model.W, model.eta], g_ref):
+        torch.testing.assert_close(p.grad, g)
