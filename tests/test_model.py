@@ -252,3 +252,26 @@ def test_torch_compile_of_a_dlrl_forward_backward_runs_on_cpu(gen):
     torch.testing.assert_close(J, J_ref)
     for p, g in zip([*model.W, model.eta], g_ref):
         torch.testing.assert_close(p.grad, g)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_cold_rows_and_columns_are_predicted_from_biases_or_the_mean(gen, bias):
+    """A user / item with no training entry gets no factor term: the training mean (no
+    biases) or μ + the known side's bias."""
+    X, obs, r, c, v = problem(gen, m=20, n=25)
+    keep = (r != 3) & (c != 7)
+    r, c, v = r[keep], c[keep], v[keep]
+    model = DLRL(X.shape, rank=4, bias=bias, dtype="float64")
+    model.fit(rows=r, cols=c, values=v, epochs=10, progress=False)
+    assert not model.row_seen[3] and not model.col_seen[7] and model.row_seen[r].all()
+    pred = model.predict(torch.tensor([3, 3, 0]), torch.tensor([0, 7, 7]))
+    full = model.complete()
+    if bias:
+        expect = torch.stack([model.mu + model.bu[3] + model.bi[0], model.mu + model.bu[3] + model.bi[7],
+                              model.mu + model.bu[0] + model.bi[7]]).detach()
+    else:
+        expect = torch.full((3,), float(v.mean()), dtype=torch.float64)
+    torch.testing.assert_close(pred, expect)
+    torch.testing.assert_close(full[3, 0], pred[0])
+    warm = model.predict(torch.tensor([0]), torch.tensor([0]))
+    assert not torch.allclose(warm, expect[:1])  # warm entries keep their factor term
