@@ -491,21 +491,10 @@ def gram_pinv_newton(G, rtol=None):
     by ``psd_pinv_newton`` (sign iteration + full-rank inverse: no null-space blow-up), the
     scale and the last product in torch. Same threshold: singular values below rtol·σ_max
     count as zero (Gram threshold max(rtol², d·eps))."""
-    from ..ops.pinv import default_rtol, schulz_scale
+    from ..ops.pinv import gram_pinv_newton as route
 
     check_dtype(G)
-    if rtol is None:
-        rtol = default_rtol(G)
-    tall = G.shape[-2] >= G.shape[-1]
-    Gt = G.transpose(-1, -2)
-    M = gram(G) if tall else gram(Gt)
-    M = 0.5 * (M + M.transpose(-1, -2))
-    d = M.shape[-1]
-    c = schulz_scale(M)
-    c = torch.where(c > 0, c, torch.ones_like(c))[..., None, None]
-    tau = max(float(rtol) ** 2, d * torch.finfo(G.dtype).eps)
-    Mp = psd_pinv_newton(M / c, tau)[0] / c
-    return Mp @ Gt if tall else Gt @ Mp
+    return route(G, rtol, gram_fn=gram, psd_pinv=psd_pinv_newton)
 
 
 def _same_layout(A, dA):
