@@ -53,25 +53,13 @@ import torch
 
 import dlrl_kernels as dk
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _env import device_name  # noqa: E402
+
 FAMILIES = ("dense", "sparse", "power", "gram", "pinv", "spectral")
 
 
 # ----------------------------------------------------------------------------- environment
-def device_name(device):
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"CPU {name} ({torch.get_num_threads()} threads)"
-
-
 def triton_version():
     try:
         import triton

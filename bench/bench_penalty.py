@@ -19,7 +19,6 @@ import argparse
 import datetime as _dt
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -28,22 +27,10 @@ import torch
 
 from dlrl_kernels import lowrank_penalty, lowrank_penalty_exact
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _env import device_name  # noqa: E402
+
 SIZES = (256, 512, 1024, 2048, 4096)
-
-
-def device_name(device):
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"CPU {name} ({torch.get_num_threads()} threads)"
 
 
 def make_input(n, dtype, device, gen):

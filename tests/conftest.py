@@ -66,3 +66,16 @@ def chain(gen, dims, dtype=torch.float64, requires_grad=False):
         torch.randn(dims[k], dims[k + 1], generator=gen, dtype=dtype).requires_grad_(requires_grad)
         for k in range(len(dims) - 1)
     ]
+
+
+def ref_block(Y, W, p, normalize=None):
+    """Independent reference: eigh in float64, transpose when wide (SPEC §2 step 5)."""
+    Y, W = Y.double().cpu(), W.double().cpu()
+    wide = Y.shape[-2] < Y.shape[-1]
+    if wide:
+        Y, W = Y.transpose(-1, -2), W.transpose(-1, -2)
+    P = ref_power(Y.transpose(-1, -2) @ Y, (2 - p) / 2, rtol=1e-12)
+    if normalize == "trace":
+        P = P / (P.diagonal(dim1=-2, dim2=-1).sum(-1) / P.shape[-1])[..., None, None]
+    out = torch.relu(W @ P)
+    return out.transpose(-1, -2) if wide else out

@@ -3,20 +3,7 @@ import torch
 from torch.autograd import gradcheck
 
 import dlrl_kernels as dk
-from conftest import ref_power, rel_err
-
-
-def ref_block(Y, W, p, normalize=None):
-    """Independent reference: eigh in float64, transpose when wide (SPEC §2 step 5)."""
-    Y, W = Y.double(), W.double()
-    wide = Y.shape[-2] < Y.shape[-1]
-    if wide:
-        Y, W = Y.transpose(-1, -2), W.transpose(-1, -2)
-    P = ref_power(Y.transpose(-1, -2) @ Y, (2 - p) / 2, rtol=1e-12)
-    if normalize == "trace":
-        P = P / (P.diagonal(dim1=-2, dim2=-1).sum(-1) / P.shape[-1])[..., None, None]
-    out = torch.relu(W @ P)
-    return out.transpose(-1, -2) if wide else out
+from conftest import ref_block, rel_err
 
 
 @pytest.mark.parametrize("p", [0.5, 1.0, 1.5, 2.0])
@@ -56,7 +43,6 @@ def test_gradcheck_block(gen, p, shape, method, normalize):
 @pytest.mark.parametrize("method", ["eigh", "newton"])
 def test_gradcheck_rank_deficient_Y_at_p2(gen, method):
     """p = 2: S^0 is the range projector, locally constant in null directions: differentiable."""
-    Y = (torch.randn(8, 2, generator=gen, dtype=torch.float64) @ torch.randn(2, 5, generator=gen, dtype=torch.float64))
     W = torch.randn(8, 5, generator=gen, dtype=torch.float64, requires_grad=True)
     B = torch.randn(2, 5, generator=gen, dtype=torch.float64, requires_grad=True)
     A = torch.randn(8, 2, generator=gen, dtype=torch.float64)

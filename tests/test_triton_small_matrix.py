@@ -20,7 +20,7 @@ import torch
 import dlrl_kernels as dk
 from dlrl_kernels._dispatch import interpret_mode
 from dlrl_kernels.ops.spd_power import eigh_power, eigh_power_backward
-from conftest import rand_spd, ref_power, rel_err
+from conftest import rand_spd, ref_block, ref_power, rel_err
 
 DEV = torch.device("cuda") if (torch.cuda.is_available() and not interpret_mode()) else torch.device("cpu")
 pytestmark = pytest.mark.skipif(
@@ -276,16 +276,6 @@ def test_power_iteration_kernel_equals_reference_iterates(gen):
 
 
 # ----------------------------------------------------------------------------- lowrank_block
-def ref_block64(Y, W, p, normalize=None):
-    Y, W = Y.double().cpu(), W.double().cpu()
-    wide = Y.shape[-2] < Y.shape[-1]
-    if wide:
-        Y, W = Y.transpose(-1, -2), W.transpose(-1, -2)
-    P = ref_power(Y.transpose(-1, -2) @ Y, (2 - p) / 2, rtol=1e-12)
-    if normalize == "trace":
-        P = P / (P.diagonal(dim1=-2, dim2=-1).sum(-1) / P.shape[-1])[..., None, None]
-    out = torch.relu(W @ P)
-    return out.transpose(-1, -2) if wide else out
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -304,7 +294,7 @@ def test_lowrank_block_newton(gen, dtype, p, shape, normalize, record_property):
     Y64, W64 = Y.double().cpu().requires_grad_(), W.double().cpu().requires_grad_()
     out64 = dk.lowrank_block(Y64, W64, p, method="eigh", normalize=normalize, rtol=1e-12)
     out64.backward(G.double().cpu())
-    assert rel_err(out64, ref_block64(Y, W, p, normalize)) < 1e-12  # the float64 reference itself
+    assert rel_err(out64, ref_block(Y, W, p, normalize)) < 1e-12  # the float64 reference itself
     d = min(shape[-2:])
     # Gram of rows (κ(YᵀY) ≲ 1e2 for these shapes), then a Newton power: c·r·eps
     tol = 16 * max(shape[-2:]) * eps(dtype) * 10
