@@ -100,3 +100,67 @@ def describe() -> dict:
         "cuda_extension": c_ok,
         "cuda_extension_reason": c_why,
     }
+
+
+# ----------------------------------------------------------------------------- op tables
+class OpTable:
+    """One op's implementations: ``{"reference", "triton", "cuda"}`` → an implementation object.
+
+    An implementation object is anything with the attributes named in ``interface`` (a module,
+    a class, a ``types.SimpleNamespace``); its functions take the same arguments in every
+    backend, so the op's ``autograd.Function`` receives the *object* once per call and calls
+    ``impl.forward(...)`` / ``impl.backward(...)`` without re-resolving a string.
+
+    Entries are given as zero-argument loaders (``lambda: module.attr``) so that importing an
+    op never imports Triton or the CUDA extension; a loader is called once, on first use.
+    ``tests/test_dispatch.py`` walks every table (``TABLES``) with a stand-in CUDA module and
+    checks every entry the dispatcher can choose loads and has ``interface`` with the
+    reference's signatures: a table cannot point at nothing.
+    """
+
+    def __init__(self, op: str, interface: tuple, reference, triton=None, cuda=None):
+        self.op = op
+        self.interface = tuple(interface)
+        self.loaders = {"reference": reference, "triton": triton, "cuda": cuda}
+        self._loaded: dict = {}
+        TABLES[op] = self
+
+    def has(self, backend: str) -> bool:
+        return self.loaders.get(backend) is not None
+
+    def load(self, backend: str):
+        if backend not in self._loaded:
+            loader = self.loaders.get(backend)
+            if loader is None:
+                raise RuntimeError(f"op {self.op} has no {backend} implementation")
+            impl = loader()
+            missing = [a for a in self.interface if not callable(getattr(impl, a, None))]
+            if missing:
+                raise RuntimeError(f"op {self.op}: the {backend} implementation lacks {missing}")
+            self._loaded[backend] = impl
+        return self._loaded[backend]
+
+    def resolve(self, backend: str, device, triton_ok: bool = True, cuda_ok: bool = True):
+        """``(name, impl)`` for one call on tensors living on ``device`` (see :func:`resolve`).
+
+        ``triton_ok`` / ``cuda_ok`` narrow the table for this call (e.g. a one-factor chain has
+        no kernel); a CUDA entry is chosen only when the built extension has the symbols the
+        entry needs (its loader raises otherwise, and ``auto`` then falls back).
+        """
+        dev = torch.device(device) if not isinstance(device, torch.device) else device
+        name = resolve(backend, dev, self.op, triton_ok=triton_ok and self.has("triton"),
+                       cuda_ok=cuda_ok and self.has("cuda"))
+        if name == "cuda" and backend == "auto":
+            try:
+                return name, self.load(name)
+            except RuntimeError:
+                name = resolve("auto", dev, self.op, triton_ok=triton_ok and self.has("triton"), cuda_ok=False)
+        return name, self.load(name)
+
+    def reset(self):
+        """Forget loaded implementations (tests swap the CUDA module)."""
+        self._loaded.clear()
+
+
+#: every op's table, by op name (filled as the op modules are imported)
+TABLES: dict = {}
