@@ -1,36 +1,77 @@
 """One call that fills the missing entries of a matrix (the fancyimpute / scikit-learn habit)."""
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import torch
 
 from .model import DLRL
 
+#: the keywords ``complete`` itself takes (besides X and mask)
+_OWN = ("rank", "blocks", "p", "mode", "epochs", "bias", "weight_decay", "patience", "activation", "tune",
+        "budget_s", "keep_observed", "clip", "seed", "device", "dtype", "progress", "return_model")
+#: fit() keywords passed through
+_FIT = ("lr", "betas", "early_stopping", "val", "lr_factor", "min_lr_ratio", "callback")
+#: parameters the validation search varies when the user fixes none of them (``tune="auto"``)
+_TUNABLE = ("rank", "bias", "p", "weight_decay")
 
-def complete(X, mask=None, rank: int = 10, blocks: int = 5, p=1.0, mode: str = "paper", epochs: int = 600,
-             bias: bool = True, weight_decay: float = 0.0, patience: int = 30, keep_observed: bool = True,
-             clip: bool = True, seed: int = 0, device=None, dtype=None, progress: bool = False,
-             return_model: bool = False, **options):
+#: defaults when nothing is tuned (a ``tune=False`` call, or too few entries to hold any out):
+#: measured on synthetic low-rank matrices and images mapped to [0, 1] (module doc)
+DEFAULT_RANK = 10
+DEFAULT_BLOCKS = 5
+DEFAULT_EPOCHS = 600
+DEFAULT_PATIENCE = 30
+
+
+def _model_params():
+    sig = inspect.signature(DLRL.__init__).parameters
+    return [k for k, v in sig.items() if k not in ("self", "shape") and v.kind != inspect.Parameter.VAR_KEYWORD]
+
+
+def _valid_names():
+    return sorted(set(_OWN) | set(_FIT) | set(_model_params()))
+
+
+def complete(X, mask=None, rank=None, blocks=None, p=None, mode="paper", epochs=None, bias=None,
+             weight_decay=None, patience=None, activation=None, tune="auto", budget_s=None,
+             keep_observed=True, clip=True, seed=0, device=None, dtype=None, progress=False,
+             return_model=False, **options):
     """``X`` with its missing entries filled by a DLRL model.
 
     X: an m×n array or tensor; missing entries are NaN, or the False entries of ``mask``.
     The observed values are mapped affinely onto [0, 1] before training (lowest observed
-    value → 0, highest → 1) and back afterwards: DLRL's block outputs are ReLUs, so the
-    product it learns is non-negative, and a shift by a constant adds at most one to the
-    rank. ``clip`` keeps the result inside the observed range; ``keep_observed`` returns the
-    observed entries unchanged (only the missing ones are predictions).
-    Defaults differ from ``DLRL``'s (which are tuned for ratings): a global mean and row /
-    column biases, no weight decay, rank 10, up to 600 epochs with plateau patience 30 —
-    on images and synthetic matrices (data in [0, 1] after the mapping) these recover more
-    than the ratings defaults do (astronaut 128², 40 % missing: 16.9 vs 13.5 dB on the
-    missing pixels of one channel).
+    value → 0, highest → 1) and back afterwards; ``clip`` keeps the result inside the
+    observed range; ``keep_observed`` returns the observed entries unchanged.
+
+    Choices (``None`` = chosen here):
+    - ``tune="auto"`` (default): when none of rank / bias / p / weight_decay is given, they
+      are chosen by :func:`dlrl.tuning.choose` on a validation part of the *observed*
+      entries (never on anything else), and the model is refitted on all of them.
+      ``tune=True`` searches the ones not given; ``tune=False`` uses the defaults below.
+    - ``activation``: ``"none"`` when the observed values have both signs (a ReLU product
+      cannot represent negative entries of a signed low-rank matrix), else ``"relu"`` (the
+      paper's); passed only if this DLRL accepts ``activation``.
+    - untuned defaults: rank min(10, m, n), 5 blocks (fewer for tiny matrices: rank is
+      capped at min(m, n)), p 1, biases on, no weight decay, up to 600 epochs with plateau
+      patience 30.
     Other keywords go to :class:`dlrl.DLRL` (``refresh``, ``loss``, ...) or, for ``lr``,
-    ``betas``, ``early_stopping``, ``val``, to ``fit``.
+    ``betas``, ``early_stopping``, ``val``, to ``fit``; an unknown keyword is an error that
+    lists the valid names.
     Returns the completed matrix with X's type (numpy in, numpy out), and the model too when
-    ``return_model``.
+    ``return_model`` (its ``tuning`` attribute holds the search's report, if any).
     """
+    model_names = _model_params()
+    unknown = [k for k in options if k not in _FIT and k not in model_names]
+    if unknown:
+        raise TypeError(f"complete: unknown keyword(s) {sorted(unknown)}; valid names are {_valid_names()}")
+    if tune not in ("auto", True, False):
+        raise ValueError(f"tune: expected 'auto', True or False, got {tune!r}")
     was_numpy = not isinstance(X, torch.Tensor)
-    Xt = torch.as_tensor(np.asarray(X) if was_numpy else X)
+    try:
+        Xt = torch.as_tensor(np.asarray(X, dtype=float) if was_numpy else X)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"X: expected a 2-D numeric array or tensor, got {type(X).__name__} ({err})") from None
     if not Xt.is_floating_point():
         Xt = Xt.double()
     if Xt.dim() != 2:
@@ -48,17 +89,60 @@ def complete(X, mask=None, rank: int = 10, blocks: int = 5, p=1.0, mode: str = "
     vals = Xt[obs]
     if not bool(torch.isfinite(vals).all()):
         raise ValueError("X: expected finite observed values, got inf")
+    m, n = Xt.shape
+    for name, v in (("rank", rank), ("blocks", blocks), ("epochs", epochs), ("patience", patience)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1):
+            raise ValueError(f"{name}: expected a positive integer, got {v!r}")
+    if rank is not None and rank > min(m, n):
+        raise ValueError(f"rank: expected at most min(m, n) = {min(m, n)} for a {m}×{n} matrix, got {rank}")
     lo, hi = float(vals.min()), float(vals.max())
     span = hi - lo if hi > lo else 1.0
     rows, cols = obs.nonzero(as_tuple=True)
-    fit_keys = ("lr", "early_stopping", "betas", "val")
-    fit_kw = {k: options.pop(k) for k in fit_keys if k in options}
-    fit_kw.update(weight_decay=weight_decay, patience=patience)
+    target = (vals.double() - lo) / span
+    fit_kw = {k: options.pop(k) for k in _FIT if k in options}
     if dtype is None:
         dtype = "float64" if Xt.dtype == torch.float64 else "float32"
-    model = DLRL(tuple(Xt.shape), rank=rank, blocks=blocks, p=p, mode=mode, bias=bias, seed=seed, dtype=dtype,
-                 device=device, **options)
-    model.fit(rows=rows, cols=cols, values=(vals - lo) / span, epochs=epochs, progress=progress, **fit_kw)
+
+    given = {k: v for k, v in (("rank", rank), ("bias", bias), ("p", p), ("weight_decay", weight_decay))
+             if v is not None}
+    cfg = dict(rank=min(DEFAULT_RANK, m, n) if rank is None else int(rank),
+               blocks=DEFAULT_BLOCKS if blocks is None else int(blocks), p=1.0 if p is None else p, mode=mode,
+               bias=True if bias is None else bool(bias), seed=seed, dtype=dtype, device=device, **options)
+    if "activation" in model_names:
+        cfg["activation"] = activation if activation is not None else ("none" if lo < 0 < hi else "relu")
+    elif activation is not None:
+        raise ValueError("activation: this DLRL has no activation choice (ReLU blocks only)")
+    wd = 0.0 if weight_decay is None else float(weight_decay)
+    epochs = DEFAULT_EPOCHS if epochs is None else int(epochs)
+    patience = DEFAULT_PATIENCE if patience is None else int(patience)
+    search = (tune is True) or (tune == "auto" and not given)
+    report = None
+    if search:
+        from .tuning import choose
+
+        explicit = set(given) | {k for k in options} | {k for k in fit_kw}
+        if blocks is not None:
+            explicit.add("blocks")
+        tcfg = dict(cfg)
+        tcfg.pop("device", None)
+        tcfg.update(patience=patience, epochs=epochs)
+        if "weight_decay" in given:
+            tcfg["weight_decay"] = wd
+        res = choose(tcfg, rows, cols, target, (m, n), explicit, seed=seed, budget_s=budget_s)
+        report = res["report"]
+        for k, v in res["overrides"].items():
+            if k == "weight_decay":
+                wd = float(v)
+            else:
+                cfg[k] = v
+        epochs = int(res["fit_kwargs"].get("epochs", epochs))
+    model = DLRL((m, n), **cfg)
+    fit_kw.update(weight_decay=wd, patience=patience)
+    if "tune" in inspect.signature(model.fit).parameters:
+        fit_kw["tune"] = False
+    model.fit(rows=rows, cols=cols, values=target.to(torch.float64 if dtype == "float64" else torch.float32),
+              epochs=epochs, progress=progress, **fit_kw)
+    model.tuning = report
     P = model.complete().to(Xt.device, torch.float64) * span + lo
     if clip:
         P = P.clamp(lo, hi)

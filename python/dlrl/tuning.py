@@ -1,0 +1,235 @@
+"""Hyper-parameters chosen on validation data held out of the *training* ratings.
+
+``choose`` is what ``DLRL.fit(..., tune=True)``, ``dlrl.complete`` and ``dlrl fit --tune`` call.
+It never sees test data: it splits the training entries it is given into a fitting part and a
+validation part (``VAL_FRACTION`` of them, drawn with ``seed``), fits short candidate models on
+the fitting part with early stopping on the validation part, and returns the candidate with
+the lowest validation RMSE. The caller then refits on *all* training entries.
+
+The search (``GRID``) is a staged coordinate search, not a full product: each stage varies
+one parameter around the best candidate so far, in the order of how much each parameter
+moved validation RMSE in our measurements (bench/results/accuracy.md, "Tuning"):
+
+1. ``weight_decay`` — Adam L2 *per observed entry* (the training loss is a sum over the
+   observed entries, so the regulariser must grow with their number); the absolute value
+   returned is ``per_entry × nnz`` of the full training set.
+2. ``bias`` — global mean and row / column biases on or off.
+3. ``rank`` — the factor width d (capped at min(m, n)).
+4. ``p`` — the Schatten exponent of every block.
+
+Parameters in ``explicit`` (the ones the user set) are never varied or returned. The epoch
+count of the refit is the best validation epoch of the chosen candidate, scaled by the ratio
+of the full to the fitting entries' count is *not* applied (Adam steps are per epoch, not per
+entry), so ``fit_kwargs["epochs"]`` is that epoch + 1.
+
+Budget: candidates are fitted one after another, each for at most ``TUNE_MAX_EPOCHS`` epochs
+with early stopping after ``TUNE_PATIENCE`` epochs without a better validation RMSE; once
+``budget_s`` seconds (``DEFAULT_BUDGET_S`` if None) have passed no new candidate is started
+(the report lists the skipped ones). On ML-100K (80 000 ratings) one candidate takes 1.5–6 s
+on one CPU core, so the default grid (≈ 9 candidates) takes ~30 s on a core of a busy 2-core
+machine and a few seconds on a GPU.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+import time
+from typing import Iterable, Optional
+
+import torch
+
+#: share of the training entries held out for validation
+VAL_FRACTION = 0.1
+#: fewer observed entries than this: no search (the validation part would be a handful of entries)
+MIN_ENTRIES = 50
+#: each candidate's fit: at most this many epochs, early stopping after TUNE_PATIENCE without progress
+TUNE_MAX_EPOCHS = 300
+TUNE_PATIENCE = 10
+#: seconds after which no new candidate is started when the caller gives no budget
+DEFAULT_BUDGET_S = 60.0
+
+#: the staged grid: (parameter, values). weight decay is per observed entry.
+GRID = (
+    ("blocks", (3, 5)),
+    ("weight_decay_per_entry", (0.0, 1.25e-4, 2.5e-4, 4e-4)),
+    ("bias", (True, False)),
+    ("rank", (10, 20, 40)),
+    ("p", (0.5, 1.0)),
+)
+#: the starting point of the search (the first candidate), for names not fixed by the caller
+START = {"blocks": 3, "weight_decay_per_entry": 2.5e-4, "bias": True, "rank": 20, "p": 1.0}
+
+
+def _split(n: int, seed: int, fraction: float):
+    gen = torch.Generator().manual_seed(int(seed))
+    perm = torch.randperm(n, generator=gen)
+    n_val = min(max(int(round(fraction * n)), 1), n - 1)
+    return perm[n_val:].sort().values, perm[:n_val].sort().values
+
+
+def _fit_accepts(name: str) -> bool:
+    from .model import DLRL
+
+    return name in inspect.signature(DLRL.fit).parameters
+
+
+_DATA_ARGS = ("X", "mask", "rows", "cols", "values", "val", "early_stopping", "progress", "resume", "checkpoint",
+              "callback", "self")
+
+
+def _ctor_names():
+    from .model import DLRL
+
+    return set(inspect.signature(DLRL.__init__).parameters) - {"self", "extra"}
+
+
+def _rmse(a: torch.Tensor, b: torch.Tensor) -> float:
+    d = a.double() - b.double()
+    return float(torch.sqrt((d * d).mean()))
+
+
+def _as_tensors(rows, cols, values):
+    rows = torch.as_tensor(rows).long().reshape(-1)
+    cols = torch.as_tensor(cols).long().reshape(-1)
+    values = torch.as_tensor(values)
+    if not values.is_floating_point():
+        values = values.double()
+    values = values.reshape(-1)
+    if not (rows.numel() == cols.numel() == values.numel()):
+        raise ValueError(f"rows/cols/values: expected the same length, got {rows.numel()}, {cols.numel()}, "
+                         f"{values.numel()}")
+    if not bool(torch.isfinite(values).all()):
+        raise ValueError("values: expected finite values (no NaN / inf)")
+    return rows, cols, values
+
+
+def _candidates_for(stage_name, values, best, explicit, shape):
+    if stage_name == "weight_decay_per_entry":
+        if "weight_decay" in explicit:
+            return []
+    elif stage_name in explicit:
+        return []
+    out = []
+    for v in values:
+        if stage_name == "rank":
+            v = min(int(v), min(shape))
+        c = dict(best)
+        c[stage_name] = v
+        if c not in out:
+            out.append(c)
+    return out
+
+
+def choose(config: dict, rows, cols, values, shape, explicit: set, seed: int = 0,
+           budget_s: Optional[float] = None) -> dict:
+    """Pick DLRL hyper-parameters on a validation part of the given (training) entries.
+
+    config: the constructor arguments the model was built with (``shape`` may be included; it
+        is taken from ``shape``). explicit: names the user set (constructor or fit keywords);
+        they are never varied nor returned. seed: draws the validation part (the same seed
+        gives the same split and the same choice). budget_s: no new candidate is started after
+        this many seconds (``DEFAULT_BUDGET_S`` if None).
+    Returns ``{"overrides": {constructor args}, "fit_kwargs": {"epochs": ...}, "report": {...}}``.
+    """
+    from .model import DLRL
+
+    if not isinstance(config, dict):
+        raise TypeError(f"config: expected a dict of DLRL constructor arguments, got {type(config).__name__}")
+    explicit = set(explicit or ())
+    try:
+        m, n = (int(s) for s in shape)
+    except (TypeError, ValueError):
+        raise ValueError(f"shape: expected (n_rows, n_cols), got {shape!r}") from None
+    rows, cols, values = _as_tensors(rows, cols, values)
+    budget = DEFAULT_BUDGET_S if budget_s is None else float(budget_s)
+    if not budget > 0:
+        raise ValueError(f"budget_s: expected a positive number of seconds or None, got {budget_s!r}")
+    nnz = values.numel()
+    report = {"val_fraction": VAL_FRACTION, "seed": int(seed), "budget_s": budget, "grid": [list(g) for g in GRID],
+              "start": dict(START), "max_epochs": TUNE_MAX_EPOCHS, "patience": TUNE_PATIENCE,
+              "explicit": sorted(explicit), "candidates": [], "skipped": []}
+    t0 = time.perf_counter()
+    if nnz < MIN_ENTRIES:
+        report.update(chosen=None, reason=f"only {nnz} observed entries (< {MIN_ENTRIES}): nothing held out",
+                      seconds=time.perf_counter() - t0)
+        return {"overrides": {}, "fit_kwargs": {}, "report": report}
+
+    fit_idx, val_idx = _split(nnz, seed, VAL_FRACTION)
+    fr, fc, fv = rows[fit_idx], cols[fit_idx], values[fit_idx]
+    val = (rows[val_idx], cols[val_idx], values[val_idx])
+    ctor = _ctor_names()
+    base = {k: v for k, v in config.items() if k != "shape" and (k in ctor or not _fit_accepts(k))}
+    # fit keywords in config (lr, patience, ...) are used by every candidate; "epochs" caps them
+    fixed_fit = {k: v for k, v in config.items() if k not in base and k not in ("shape", "epochs")
+                 and k not in _DATA_ARGS}
+    max_epochs = min(TUNE_MAX_EPOCHS, int(config["epochs"])) if config.get("epochs") else TUNE_MAX_EPOCHS
+    report["max_epochs"] = max_epochs
+    if _fit_accepts("tune"):
+        fixed_fit["tune"] = False
+
+    def run(cand):
+        cfg = dict(base)
+        for k, v in cand.items():
+            if k == "weight_decay_per_entry":
+                if "weight_decay" not in explicit:
+                    cfg["weight_decay"] = v * fit_idx.numel()
+            elif k not in explicit:
+                cfg[k] = v
+        t = time.perf_counter()
+        model = DLRL((m, n), **cfg)
+        hist = model.fit(rows=fr, cols=fc, values=fv, val=val, epochs=max_epochs,
+                         early_stopping=TUNE_PATIENCE, progress=False, **fixed_fit)
+        scores = [h["val_rmse"] for h in hist if "val_rmse" in h and math.isfinite(h["val_rmse"])]
+        score = min(scores) if scores else float("inf")
+        best_epoch = min(range(len(scores)), key=scores.__getitem__) if scores else len(hist) - 1
+        rec = {"params": dict(cand), "val_rmse": score, "best_epoch": best_epoch + 1, "epochs_run": len(hist),
+               "seconds": time.perf_counter() - t}
+        report["candidates"].append(rec)
+        return rec
+
+    start = {k: v for k, v in START.items()}
+    if "weight_decay" in explicit:
+        start.pop("weight_decay_per_entry")
+    for k in list(start):
+        if k in explicit:
+            start.pop(k)
+    if "rank" in start:
+        start["rank"] = min(int(start["rank"]), m, n)
+    seen = {}
+
+    def key(c):
+        return tuple(sorted(c.items()))
+
+    try:
+        best = run(start)
+    except FloatingPointError as err:  # a diverging start: record and keep searching
+        best = {"params": dict(start), "val_rmse": float("inf"), "best_epoch": 1, "error": str(err)}
+        report["candidates"].append(best)
+    seen[key(start)] = best
+    for name, grid_values in GRID:
+        for cand in _candidates_for(name, grid_values, best["params"], explicit, (m, n)):
+            if key(cand) in seen:
+                continue
+            if time.perf_counter() - t0 > budget:
+                report["skipped"].append(cand)
+                continue
+            try:
+                rec = run(cand)
+            except FloatingPointError as err:
+                rec = {"params": dict(cand), "val_rmse": float("inf"), "error": str(err)}
+                report["candidates"].append(rec)
+            seen[key(cand)] = rec
+            if rec["val_rmse"] < best["val_rmse"]:
+                best = rec
+    overrides = {}
+    for k, v in best["params"].items():
+        if k == "weight_decay_per_entry":
+            overrides["weight_decay"] = float(v) * nnz
+        else:
+            overrides[k] = v
+    fit_kwargs = {}
+    if "epochs" not in explicit and math.isfinite(best["val_rmse"]):
+        fit_kwargs["epochs"] = int(best["best_epoch"])
+    report.update(chosen=dict(best["params"]), chosen_val_rmse=best["val_rmse"],
+                  seconds=time.perf_counter() - t0)
+    return {"overrides": overrides, "fit_kwargs": fit_kwargs, "report": report}
