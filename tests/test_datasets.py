@@ -366,6 +366,90 @@ def test_speed_300k_lines(tmp_path):
     assert elapsed < 5.0  # ~0.6 s here; ML-1M (1M lines) takes ~2 s
 
 
+# Fast path (vectorised numpy on the bytes) against the general parser: the same result for
+# every file, or the fast path declines and the general parser reads it (same errors).
+FAST_CASES = [
+    ("r.tsv", SMALL, {}),
+    ("r.tsv", "1\t2\t3.5\t9\n4\t5\t.5\t9\n-3\t0\t4.\t9\n", {}),
+    ("r.dat", "1::5::3::978300760\n2::5::4::978300761\n1::6::1::978300762", {}),
+    ("r.csv", "userId,movieId,rating,timestamp\r\n1,31,2.5,1260759144\r\n1,1029,3.0,1\r\n", {}),
+    ("r.csv", "\ufeffuser,item,rating\n1,2,3\n4,5,1\n", {}),
+    ("r.csv", "7,7,7\n1,31,2.5\n2,31,3.0\n", {"header": True}),
+    ("r.csv", "x\ny\n1,31,2.5\n2,31,3.0\n", {"header": 2}),
+    ("r.txt", "5;1;0.12345678901234\n6;1;4.99999999999999\n", {}),
+    ("r.txt", "5|1|3\n6|1|4\n5|1|2\n", {"duplicates": "mean"}),
+    ("r.txt", "5|1|3\n6|1|4\n5|1|2\n", {}),
+    ("r.txt", "3.5\t100\t7\n4.0\t101\t8\n", {"columns": (1, 2, 0)}),
+    ("r.tsv", "123456789012345678\t1\t1\n1\t1\t2\n", {}),
+    # (the cases above take the fast path) declined by the fast path: strings, zero padding, '+', spaces, blank lines, exponents
+    ("r.tsv", "007\t1\t3\n7\t1\t4\n", {}),
+    ("r.csv", "bob,x1,3\nalice,x2,4\n", {}),
+    ("r.csv", "+1,2,3\n1,2,4\n", {}),
+    ("r.csv", "1, 2, 3\n1, 3, 4\n", {}),
+    ("r.csv", "1,2,3\n\n1,3,4\n", {}),
+    ("r.csv", "1,2,3e0\n1,3,4\n", {}),
+    ("r.txt", "1  5 3\n2 5   4\n", {}),
+    ("r.tsv", "1\t2\t3\r4\t5\t1\n", {}),
+]
+
+N_FAST_TAKEN = 12
+
+
+def _general_only(monkeypatch):
+    import dlrl.datasets as ds
+
+    monkeypatch.setattr(ds, "_read_table_fast", lambda *a, **k: None)
+
+
+@pytest.mark.parametrize("k", range(len(FAST_CASES)))
+def test_fast_path_matches_general_parser(tmp_path, monkeypatch, k):
+    import dlrl.datasets as ds
+
+    name, text, kw = FAST_CASES[k]
+    p = tmp_path / name
+    p.write_bytes(text.encode("utf-8"))
+    taken = []
+    real = ds._read_table_fast
+    with monkeypatch.context() as mp:
+        mp.setattr(ds, "_read_table_fast", lambda *a: taken.append(real(*a)) or taken[-1])
+        fast = load_ratings(p, **kw)
+    assert (taken[0] is not None) == (k < N_FAST_TAKEN), f"case {k}: fast path taken={taken[0] is not None}"
+    with monkeypatch.context() as mp:
+        _general_only(mp)
+        slow = load_ratings(p, **kw)
+    assert triples(fast) == triples(slow)
+    assert fast.user_ids.tolist() == slow.user_ids.tolist() and fast.user_ids.dtype == slow.user_ids.dtype
+    assert fast.item_ids.tolist() == slow.item_ids.tolist() and fast.scale == slow.scale
+    assert torch.equal(fast.values, slow.values)
+
+
+def test_fast_path_is_taken_and_exact(tmp_path):
+    import dlrl.datasets as ds
+
+    rng = np.random.default_rng(7)
+    n = 5000
+    r = rng.integers(1, 11, n) / 2 + rng.integers(0, 1000, n) / 1000  # 3 decimals
+    text = "".join(f"{a}\t{b}\t{v:.3f}\t0\n" for a, b, v in zip(rng.integers(1, 300, n), rng.integers(1, 200, n), r))
+    p = write(tmp_path, "u.data", text)
+    table = ds._read_table_fast(p, "\t", None, 0, (0, 1, 2), 3, None)
+    assert table is not None, "the fast path declined a plain numeric file"
+    ref = [float(line.split("\t")[2]) for line in text.splitlines()]
+    assert table.values.tolist() == ref  # correctly rounded, like float()
+    assert table.lineno.tolist() == list(range(1, n + 1))
+
+
+def test_fast_path_errors_are_the_general_parsers(tmp_path):
+    p = write(tmp_path, "bad.tsv", "1\t1\t5\n1\t2\t1\n2\t1\t6\n")
+    with pytest.raises(ValueError, match=r"bad\.tsv: line 3: rating 6 is outside the declared scale"):
+        load_ratings(p, scale=(1, 5))
+    p = write(tmp_path, "dup.csv", "u,i,r\n1,1,2\n2,1,5\n1,1,4\n")
+    with pytest.raises(ValueError, match="lines 2 and 4"):
+        load_ratings(p, duplicates="error")
+    p = write(tmp_path, "short.tsv", "1\t2\t3\n4\t5\n")
+    with pytest.raises(ValueError, match=r"short\.tsv: line 2: malformed line"):
+        load_ratings(p)
+
+
 # ------------------------------------------------------------------------------------------
 # Splits
 # ------------------------------------------------------------------------------------------

@@ -110,9 +110,11 @@ class RatingData:
                 f"RatingData: item_ids has {len(self.item_ids)} entries, n_items={self.n_items}"
             )
         if self.rows.numel():
-            if int(self.rows.min()) < 0 or int(self.rows.max()) >= self.n_users:
+            lo, hi = _min_max(self.rows)
+            if lo < 0 or hi >= self.n_users:
                 raise ValueError(f"RatingData: rows must lie in 0..{self.n_users - 1}")
-            if int(self.cols.min()) < 0 or int(self.cols.max()) >= self.n_items:
+            lo, hi = _min_max(self.cols)
+            if lo < 0 or hi >= self.n_items:
                 raise ValueError(f"RatingData: cols must lie in 0..{self.n_items - 1}")
         if self.scale is None:
             self.scale = rating_scale(self.values)
@@ -144,9 +146,9 @@ class RatingData:
         slice), in the order given, with the same shape, id maps and scale."""
         idx = _as_index(index, self.nnz)
         return RatingData(
-            rows=self.rows[idx],
-            cols=self.cols[idx],
-            values=self.values[idx],
+            rows=_take(self.rows, idx),
+            cols=_take(self.cols, idx),
+            values=_take(self.values, idx),
             n_users=self.n_users,
             n_items=self.n_items,
             user_ids=self.user_ids,
@@ -175,6 +177,19 @@ class RatingData:
         return x, mask
 
 
+def _min_max(t: torch.Tensor) -> tuple[int, int]:
+    # numpy on CPU: a single-threaded pass, no intra-op thread wake-up (5 ms per call on a
+    # busy 2-core machine against 0.05 ms)
+    a = t.numpy() if t.device.type == "cpu" else t
+    return int(a.min()), int(a.max())
+
+
+def _take(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    if t.device.type == "cpu" and idx.device.type == "cpu":
+        return torch.from_numpy(t.numpy()[idx.numpy()])
+    return t[idx]
+
+
 def _as_index(index: Any, nnz: int) -> torch.Tensor:
     if isinstance(index, slice):
         return torch.arange(nnz)[index]
@@ -188,7 +203,7 @@ def _as_index(index: Any, nnz: int) -> torch.Tensor:
     if idx.is_floating_point() or idx.is_complex():
         raise ValueError(f"subset: index must hold integers or bools, got {idx.dtype}")
     idx = idx.to(torch.long).reshape(-1)
-    if idx.numel() and (int(idx.min()) < -nnz or int(idx.max()) >= nnz):
+    if idx.numel() and (_min_max(idx)[0] < -nnz or _min_max(idx)[1] >= nnz):
         raise ValueError(f"subset: index out of range for nnz={nnz}")
     return idx
 
@@ -351,6 +366,158 @@ def _first_nonblank(lines) -> int | None:
     return next((k for k, line in enumerate(lines) if line.strip()), None)
 
 
+# --------------------------------------------------------------------------------------------
+# Fast path: plain numeric files parsed by numpy, no Python work per line
+# --------------------------------------------------------------------------------------------
+#
+# MovieLens-style files (integer ids, decimal ratings, one separator, no blank lines) are
+# parsed by vectorised numpy on the raw bytes: ML-100K in ~10 ms instead of ~0.4 s. Anything
+# outside that domain (string or zero-padded ids, '+' signs, exponents, spaces, blank lines,
+# short lines, bad or out-of-scale ratings, ...) returns None and the general parser above
+# reads the file, so results and error messages are exactly the general parser's.
+
+_FAST_SEPS = {"\t": 9, ",": 44, ";": 59, "|": 124, "::": 9}
+_FAST_BLOCK = 16 << 20  # bytes per vectorised block (bounds the temporaries)
+_DIGITS = np.zeros(256, dtype=bool)
+_DIGITS[48:58] = True
+
+
+def _fast_ints(arr, start, end):
+    """int64 values of the fields arr[start:end] (optional '-', then 1..18 digits, no zero
+    padding), or None when a field is anything else."""
+    neg = arr[np.minimum(start, len(arr) - 1)] == 45
+    s = start + neg
+    length = end - s
+    if length.size == 0 or length.min() < 1 or length.max() > 18:
+        return None
+    # "0" alone is an id; "007" is a string id for the general parser (kept apart from "7")
+    if ((arr[s] == 48) & (length > 1)).any():
+        return None
+    val = np.zeros(len(s), dtype=np.int64)
+    for j in range(int(length.max())):
+        active = j < length
+        c = arr[np.where(active, s + j, s)]
+        if not (_DIGITS[c] | ~active).all():
+            return None
+        val[active] = val[active] * 10 + (c[active] - 48)
+    return np.where(neg, -val, val)
+
+
+def _fast_floats(arr, start, end):
+    """float64 values of the fields arr[start:end] (optional '-', digits with at most one '.',
+    1..15 digits so that the value is one correctly rounded division), or None."""
+    neg = arr[np.minimum(start, len(arr) - 1)] == 45
+    s = start + neg
+    length = end - s
+    if length.size == 0 or length.min() < 1 or length.max() > 16:
+        return None
+    num = np.zeros(len(s), dtype=np.int64)
+    ndig = np.zeros(len(s), dtype=np.int64)
+    frac = np.zeros(len(s), dtype=np.int64)
+    ndot = np.zeros(len(s), dtype=np.int64)
+    for j in range(int(length.max())):
+        active = j < length
+        c = arr[np.where(active, s + j, s)]
+        dot = active & (c == 46)
+        dig = active & _DIGITS[c]
+        if not (dot | dig | ~active).all():
+            return None
+        ndot += dot
+        frac += dig & (ndot > 0)
+        ndig += dig
+        num = np.where(dig, num * 10 + (c.astype(np.int64) - 48), num)
+    if ndot.max() > 1 or ndig.min() < 1 or ndig.max() > 15:
+        return None
+    val = num / np.power(10.0, frac)  # both exact: one rounding, as float() does
+    return np.where(neg, -val, val)
+
+
+def _fast_block(arr, sepb, cols, need):
+    """(users, items, values) of a block of whole lines (ends with a newline), or None."""
+    delim = np.flatnonzero((arr == sepb) | (arr == 10))
+    is_nl = arr[delim] == 10
+    n_fields_total = len(delim)
+    line_first = np.flatnonzero(np.concatenate(([True], is_nl[:-1])))  # first field of each line
+    n_fields = np.diff(np.append(line_first, n_fields_total))
+    if n_fields.min() < need:
+        return None
+    starts = np.concatenate(([0], delim[:-1] + 1))
+    out = []
+    for k, c in enumerate(cols):
+        f = line_first + c
+        parse = _fast_floats if k == 2 else _fast_ints
+        v = parse(arr, starts[f], delim[f])
+        if v is None:
+            return None
+        out.append(v)
+    return out
+
+
+def _read_table_fast(path, sep, header_mode, n_skip, cols, need, scale):
+    """The file as a _Table when it is in the fast path's domain (see above), else None."""
+    data = path.read_bytes()
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    if b"\r" in data:
+        if data.count(b"\r") != data.count(b"\r\n"):
+            return None
+        data = data.replace(b"\r\n", b"\n")
+    if not data or data.startswith(b"\n"):
+        return None
+    skipped = 0  # physical lines before the data
+    if n_skip:
+        pos = 0
+        for _ in range(n_skip):
+            pos = data.find(b"\n", pos) + 1
+            if pos == 0:
+                return None
+        data, skipped = data[pos:], n_skip
+        if not data or data.startswith(b"\n"):
+            return None
+    first_end = data.find(b"\n")
+    first = (data if first_end < 0 else data[:first_end]).decode("utf-8", errors="replace")
+    if not first.strip():
+        return None
+    if header_mode is not None:
+        fields = first.strip().split(sep if sep is not None else _detect_sep(first.strip()))
+        is_header = header_mode is True or (len(fields) >= need and not _is_number(fields[cols[2]]))
+        if is_header:
+            if first_end < 0:
+                return None
+            data, skipped = data[first_end + 1:], skipped + 1
+    if not data or data.startswith(b"\n") or b"\n\n" in data:
+        return None  # blank lines: the general parser skips them and keeps line numbers
+    if sep is None:  # detected from the first data line, as the general parser does
+        sep = _detect_sep(data[:data.find(b"\n")].decode("utf-8", errors="replace").strip())
+    if sep not in _FAST_SEPS:
+        return None
+    if sep == "::":
+        if b"\t" in data:
+            return None
+        data = data.replace(b"::", b"\t")
+    if not data.endswith(b"\n"):
+        data += b"\n"
+    sepb = _FAST_SEPS[sep]
+    # only the id and rating fields are read (and checked character by character), as the
+    # general parser ignores the other fields
+    arr = np.frombuffer(data, dtype=np.uint8)
+    parts = []
+    pos = 0
+    while pos < len(arr):
+        end = data.find(b"\n", min(pos + _FAST_BLOCK, len(arr) - 1)) + 1
+        block = arr[pos:end]
+        part = _fast_block(block, sepb, cols, need)
+        if part is None:
+            return None
+        parts.append(part)
+        pos = end
+    users, items, values = (np.concatenate(p) for p in zip(*parts))
+    if scale is not None and ((values < scale[0]) | (values > scale[1])).any():
+        return None  # the general parser names the line
+    lineno = np.arange(skipped + 1, skipped + 1 + len(values), dtype=np.int64)
+    return _Table(path, users, items, values, lineno)
+
+
 def _read_table(path, sep, header, columns, scale) -> _Table:
     path = Path(path)
     if not path.exists():
@@ -381,6 +548,10 @@ def _read_table(path, sep, header, columns, scale) -> _Table:
         header_mode, n_skip = None, int(header)
     else:
         raise ValueError(f"header must be 'infer', True, False or a line count, got {header!r}")
+
+    fast = _read_table_fast(path, sep, header_mode, n_skip, cols, need, scale)
+    if fast is not None:
+        return fast
 
     parts = []
     start = 1  # physical line number of lines[0]
