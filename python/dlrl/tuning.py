@@ -233,3 +233,35 @@ def choose(config: dict, rows, cols, values, shape, explicit: set, seed: int = 0
     report.update(chosen=dict(best["params"]), chosen_val_rmse=best["val_rmse"],
                   seconds=time.perf_counter() - t0)
     return {"overrides": overrides, "fit_kwargs": fit_kwargs, "report": report}
+
+
+def fit_tuned(rows, cols, values, shape, seed: int = 0, budget_s: Optional[float] = None, progress: bool = False,
+              **given):
+    """A DLRL fitted the way the library's defaults fit it: the parameters in ``given``
+    (constructor arguments, or ``epochs`` / ``lr`` / ``patience`` for fit) are kept, the
+    others are chosen by :func:`choose` on a validation part of these entries unless
+    ``tune=False`` is in ``given``; then one fit on all the entries. Returns ``(model, report)``
+    (report None when nothing was searched). Used by the Surprise adapter and the benchmark.
+    """
+    import inspect as _inspect
+
+    from .model import DLRL
+
+    tune = given.pop("tune", True)
+    fit_names = set(_inspect.signature(DLRL.fit).parameters) - _ctor_names()
+    fit_kw = {k: given.pop(k) for k in list(given) if k in fit_names and k not in _DATA_ARGS}
+    ctor = dict(given, seed=seed)
+    report = None
+    if tune:
+        res = choose({**ctor, **fit_kw}, rows, cols, values, shape, set(given) | set(fit_kw) | {"seed"},
+                     seed=seed, budget_s=budget_s)
+        ctor.update(res["overrides"])
+        for k, v in res["fit_kwargs"].items():
+            fit_kw.setdefault(k, v)
+        report = res["report"]
+    model = DLRL(tuple(shape), **ctor)
+    if _fit_accepts("tune"):
+        fit_kw["tune"] = False
+    model.fit(rows=rows, cols=cols, values=values, progress=progress, **fit_kw)
+    model.tuning = report
+    return model, report

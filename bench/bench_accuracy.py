@@ -1,0 +1,252 @@
+#!/usr/bin/env python
+"""Accuracy that holds on data nobody tuned on: DLRL's defaults beside Surprise's baselines.
+
+    python bench/bench_accuracy.py                 # full run (tens of minutes on one core)
+    python bench/bench_accuracy.py --quick --out /tmp/acc.json --md /tmp/acc.md   # CI: seconds
+
+Datasets (every one of them is evaluated on ratings no choice was made on):
+- MovieLens-100K canonical 5-fold ``u1``–``u5`` (``u{k}.base`` / ``u{k}.test``) and the
+  published split (``dlrl.datasets.split_published``: the torch seed-2020 permutation, 80 / 20).
+- Synthetic rating sets from a known model: r_ui = clip(μ + b_u + b_i + u_uᵀv_i + ε, 1, 5),
+  b_u ~ N(0, 0.4²), b_i ~ N(0, 0.5²), u, v ~ N(0, 0.8²/r), ε ~ N(0, 0.6²), entries observed
+  uniformly at random at the given density, 80 / 20 split (``SYNTHETIC``; data seed fixed).
+
+Methods (on exactly the same train / test ratings):
+- ``dlrl``: the library's defaults: ``DLRL(shape, clip=scale, seed=s)`` with its
+  hyper-parameters chosen by ``dlrl.tuning.choose`` on a validation part of the *training*
+  ratings (what ``fit(tune=True)`` does), then refitted on all training ratings.
+- Surprise ``BaselineOnly`` (ALS, default options), ``SVD`` (default options,
+  ``random_state=s``), ``SVDpp`` (default options, seed 0 only: it is slow).
+Seeds 0, 1, 2 for the seeded methods (DLRL's seed draws its init and its validation part).
+RMSE is a square root over the test ratings. Results: ``bench/results/accuracy_cpu.json``
+(one row per dataset × method × seed, written after every row, atomically) and the markdown
+fragment ``bench/results/accuracy.md`` generated from it (``--md-only`` regenerates it).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "python"))
+
+from dlrl._io import atomic_write_text  # noqa: E402
+from dlrl.datasets import RatingData, load_movielens, split_canonical, split_published, split_random  # noqa: E402
+from dlrl.metrics import rmse  # noqa: E402
+from dlrl.model import DLRL  # noqa: E402
+from dlrl.tuning import choose  # noqa: E402
+
+ML = Path(os.environ.get("DLRL_ML100K", REPO.parent / "shared" / "data" / "ml-100k"))
+#: name: (users, items, rank, density)
+SYNTHETIC = {
+    "syn-500x300-r5-d5%": (500, 300, 5, 0.05),
+    "syn-1000x500-r10-d2%": (1000, 500, 10, 0.02),
+    "syn-300x1000-r3-d10%": (300, 1000, 3, 0.10),
+    "syn-200x200-r8-d30%": (200, 200, 8, 0.30),
+}
+QUICK_SYNTHETIC = {"syn-60x40-r3-d40%": (60, 40, 3, 0.40)}
+METHOD_ORDER = ("dlrl", "BaselineOnly", "SVD", "SVDpp")
+
+
+def synthetic_ratings(name, m, n, rank, density, seed=12345):
+    """A rating set from the known low-rank + bias + noise model (module doc)."""
+    g = np.random.default_rng(seed)
+    U = g.normal(0, 0.8 / math.sqrt(rank), (m, rank))
+    V = g.normal(0, 0.8 / math.sqrt(rank), (n, rank))
+    bu, bi = g.normal(0, 0.4, m), g.normal(0, 0.5, n)
+    nnz = int(round(density * m * n))
+    flat = g.choice(m * n, size=nnz, replace=False)
+    r, c = flat // n, flat % n
+    v = 3.5 + bu[r] + bi[c] + (U[r] * V[c]).sum(1) + g.normal(0, 0.6, nnz)
+    v = np.clip(v, 1.0, 5.0)
+    data = RatingData(torch.as_tensor(r), torch.as_tensor(c), torch.as_tensor(v, dtype=torch.float32), m, n,
+                      None, None, (1.0, 5.0), name)
+    return split_random(data, 0.2, seed=seed)
+
+
+def datasets(quick):
+    out = []
+    if quick:
+        for name, spec in QUICK_SYNTHETIC.items():
+            out.append((name, *synthetic_ratings(name, *spec)))
+        return out
+    if (ML / "u1.base").is_file():
+        for k in range(1, 6):
+            out.append((f"ml100k-u{k}", *split_canonical(ML, k)))
+        out.append(("ml100k-published", *split_published(load_movielens(ML))))
+    else:
+        print(f"MovieLens-100K not found at {ML}: its rows are skipped", file=sys.stderr)
+    for name, spec in SYNTHETIC.items():
+        out.append((name, *synthetic_ratings(name, *spec)))
+    return out
+
+
+def run_dlrl(train, test, seed, budget_s=None):
+    shape = (train.n_users, train.n_items)
+    clip = tuple(float(s) for s in train.scale)
+    t0 = time.perf_counter()
+    res = choose({"clip": clip, "seed": seed}, train.rows, train.cols, train.values, shape, {"clip", "seed"},
+                 seed=seed, budget_s=budget_s)
+    model = DLRL(shape, clip=clip, seed=seed, **res["overrides"])
+    model.fit(rows=train.rows, cols=train.cols, values=train.values, progress=False, **res["fit_kwargs"])
+    err = rmse(model.predict(test.rows, test.cols), test.values)
+    rep = res["report"]
+    extra = {"chosen": res["overrides"], "fit_kwargs": res["fit_kwargs"], "tune_seconds": rep["seconds"],
+             "chosen_val_rmse": rep.get("chosen_val_rmse"),
+             "candidates": [{"params": c["params"], "val_rmse": c["val_rmse"]} for c in rep["candidates"]],
+             "skipped": rep["skipped"]}
+    return err, time.perf_counter() - t0, extra
+
+
+def run_surprise(method, train, test, seed):
+    import pandas as pd
+    from surprise import SVD, BaselineOnly, Dataset, Reader, SVDpp
+
+    algo = {"BaselineOnly": lambda: BaselineOnly(verbose=False), "SVD": lambda: SVD(random_state=seed),
+            "SVDpp": lambda: SVDpp(random_state=seed)}[method]()
+    t0 = time.perf_counter()
+    df = pd.DataFrame({"u": train.rows.numpy(), "i": train.cols.numpy(), "r": train.values.double().numpy()})
+    ts = Dataset.load_from_df(df, Reader(rating_scale=tuple(train.scale))).build_full_trainset()
+    algo.fit(ts)
+    preds = algo.test(list(zip(test.rows.tolist(), test.cols.tolist(), test.values.double().tolist())))
+    est = torch.tensor([p.est for p in preds], dtype=torch.float64)
+    return rmse(est, test.values.double()), time.perf_counter() - t0, {}
+
+
+def _load(path):
+    if path.is_file():
+        return json.loads(path.read_text())
+    return None
+
+
+def _summary(rows):
+    table = {}
+    for r in rows:
+        table.setdefault(r["dataset"], {}).setdefault(r["method"], []).append(r["rmse"])
+    out = {}
+    for ds, by in table.items():
+        out[ds] = {}
+        for meth, vals in by.items():
+            a = np.asarray(vals, dtype=float)
+            out[ds][meth] = {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if a.size > 1 else 0.0, "n": int(a.size)}
+    return out
+
+
+def markdown(doc):
+    summ = doc["summary"]
+    methods = [m for m in METHOD_ORDER if any(m in v for v in summ.values())]
+    lines = [f"<!-- generated by bench/bench_accuracy.py from {doc.get('json_name', 'accuracy_cpu.json')}; "
+             "do not edit by hand -->",
+             f"Test RMSE (a square root), mean ± std over seeds (n = seeds run); machine: {doc['machine']}.",
+             "DLRL = library defaults (hyper-parameters chosen on a validation part of the training ratings).", "",
+             "| dataset | " + " | ".join(methods) + " | DLRL beats BaselineOnly & SVD |",
+             "|---|" + "---|" * len(methods) + "---|"]
+    ml = []
+    for ds, by in summ.items():
+        cells = []
+        for meth in methods:
+            s = by.get(meth)
+            cells.append("—" if s is None else f"{s['mean']:.4f} ± {s['std']:.4f} (n={s['n']})")
+        d = by.get("dlrl")
+        beats = "—"
+        if d is not None and "BaselineOnly" in by and "SVD" in by:
+            beats = "yes" if d["mean"] < by["BaselineOnly"]["mean"] and d["mean"] < by["SVD"]["mean"] else "**no**"
+        lines.append(f"| {ds} | " + " | ".join(cells) + f" | {beats} |")
+        if ds.startswith("ml100k-u") and d is not None:
+            ml.append(d["mean"])
+    if len(ml) == 5:
+        lines += ["", f"ML-100K u1–u5 mean of the DLRL fold means: {np.mean(ml):.4f} (target ≤ 0.905)."]
+    missing = doc.get("missing") or []
+    if missing:
+        lines += ["", "Rows not run (time): " + ", ".join(missing) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="one tiny synthetic set, seed 0, no SVD++ (CI: seconds)")
+    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "accuracy_cpu.json"))
+    ap.add_argument("--md", default=str(REPO / "bench" / "results" / "accuracy.md"))
+    ap.add_argument("--seeds", type=int, nargs="+", default=None)
+    ap.add_argument("--only", nargs="+", default=None, help="dataset names to run (default: all)")
+    ap.add_argument("--methods", nargs="+", default=None, choices=METHOD_ORDER)
+    ap.add_argument("--no-svdpp", action="store_true")
+    ap.add_argument("--budget", type=float, default=None, help="dlrl.tuning budget_s (default: the library's)")
+    ap.add_argument("--resume", action="store_true", help="keep the rows already in --out, run the others")
+    ap.add_argument("--md-only", action="store_true", help="regenerate --md from --out and exit")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    out, md = Path(args.out), Path(args.md)
+    if args.md_only:
+        doc = _load(out)
+        if doc is None:
+            ap.error(f"--md-only: {out} does not exist")
+        atomic_write_text(md, markdown(doc))
+        return 0
+    torch.set_num_threads(args.threads)
+    seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
+    methods = list(args.methods or METHOD_ORDER)
+    if args.quick or args.no_svdpp:
+        methods = [m for m in methods if m != "SVDpp"]
+    try:
+        import surprise  # noqa: F401
+    except ImportError:
+        print("scikit-surprise is not installed (pip install -e '.[bench]'): its rows are skipped", file=sys.stderr)
+        methods = [m for m in methods if m == "dlrl"]
+    from _env import device_name
+
+    doc = (_load(out) if args.resume else None) or {"rows": []}
+    doc.update(machine=device_name("cpu") + f", {args.threads} thread(s), shared with other jobs",
+               torch=torch.__version__, python=platform.python_version(), command=" ".join(sys.argv),
+               json_name=out.name)
+    done = {(r["dataset"], r["method"], r["seed"]) for r in doc["rows"]}
+    todo = []
+    for name, train, test in datasets(args.quick):
+        if args.only and name not in args.only:
+            continue
+        for meth in methods:
+            if meth == "SVDpp":
+                continue  # last: slow
+            for s in ([0] if meth == "BaselineOnly" else seeds):
+                todo.append((name, train, test, meth, s))
+    if "SVDpp" in methods:
+        for name, train, test in datasets(False):
+            if not args.only or name in args.only:
+                todo.append((name, train, test, "SVDpp", 0))
+    missing = [f"{n}/{m}/seed{s}" for n, _, _, m, s in todo if (n, m, s) not in done]
+    for name, train, test, meth, s in todo:
+        if (name, meth, s) in done:
+            continue
+        if meth == "dlrl":
+            err, secs, extra = run_dlrl(train, test, s, args.budget)
+        else:
+            err, secs, extra = run_surprise(meth, train, test, s)
+        row = {"dataset": name, "method": meth, "seed": s, "rmse": err, "seconds": secs,
+               "n_train": train.nnz if hasattr(train, "nnz") else int(train.values.numel()),
+               "n_test": int(test.values.numel()), **extra}
+        doc["rows"].append(row)
+        missing.remove(f"{name}/{meth}/seed{s}")
+        doc["missing"] = missing
+        doc["summary"] = _summary(doc["rows"])
+        atomic_write_text(out, json.dumps(doc, indent=1))
+        atomic_write_text(md, markdown(doc))
+        print(f"{name:24s} {meth:12s} seed {s}: RMSE {err:.4f}  ({secs:.1f} s)", flush=True)
+    doc["missing"] = missing
+    doc["summary"] = _summary(doc["rows"])
+    atomic_write_text(out, json.dumps(doc, indent=1))
+    atomic_write_text(md, markdown(doc))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    sys.exit(main())
