@@ -47,7 +47,7 @@ def test_fit_writes_json_plot_and_resumable_checkpoint(tmp_path, gen, capsys):
     assert "test RMSE" in printed and "fit" in printed and "backend reference" in printed
 
     rc = main(["fit", str(data), "--split", "random", "--epochs", "20", "--rank", "4", "--quiet",
-               "--val-fraction", "0.1", "--resume", str(ck), "--json", str(out)])
+               "--val-fraction", "0.1", "--resume", str(ck), "--json", str(out), "--force"])
     assert rc == 0
     assert json.loads(out.read_text())["epochs"] == 20  # 12 done before + 8 more
 
@@ -59,8 +59,8 @@ def test_fit_reports_bad_input_as_an_error(tmp_path, capsys):
     assert rc == 2
     err = capsys.readouterr().err
     assert "line 2" in err
-    with pytest.raises(SystemExit, match="no such file"):
-        main(["fit", str(tmp_path / "missing.tsv")])
+    assert main(["fit", str(tmp_path / "missing.tsv")]) == 2
+    assert "no such file" in capsys.readouterr().err
 
 
 def test_inpaint_writes_image_and_figure(tmp_path, capsys):
@@ -73,6 +73,8 @@ def test_inpaint_writes_image_and_figure(tmp_path, capsys):
     out = tmp_path / "rec.png"
     rc = main(["inpaint", str(src), "--missing", "0.3", "--epochs", "20", "--rank", "4", "--quiet", "--out", str(out)])
     assert rc == 0
+    assert main(["inpaint", str(src), "--out", str(src), "--epochs", "2", "--quiet"]) == 2  # never over the input
+    assert rc == 0
     assert Image.open(out).size == (20, 24)
     assert (tmp_path / "rec_side_by_side.png").exists()
     assert "PSNR over the missing pixels" in capsys.readouterr().out
@@ -81,3 +83,68 @@ def test_inpaint_writes_image_and_figure(tmp_path, capsys):
 def test_module_entry_point_runs():
     proc = subprocess.run([sys.executable, "-m", "dlrl", "--help"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "fit" in proc.stdout and "inpaint" in proc.stdout
+
+
+def test_outputs_are_never_inputs_and_never_silently_replaced(tmp_path, gen, capsys):
+    data = _ratings_file(tmp_path / "r.tsv", gen)
+    before = data.read_bytes()
+    fast = ["--split", "random", "--epochs", "2", "--rank", "3", "--quiet"]
+    for opt in ("--save", "--json", "--plot"):
+        assert main(["fit", str(data), opt, str(data)] + fast) == 2
+        err = capsys.readouterr().err
+        assert opt in err and "input" in err and len(err.strip().splitlines()) == 1
+        assert data.read_bytes() == before
+    old = tmp_path / "old.json"
+    old.write_text("keep me")
+    assert main(["fit", str(data), "--json", str(old)] + fast) == 2
+    assert "--force" in capsys.readouterr().err and old.read_text() == "keep me"
+    assert main(["fit", str(data), "--json", str(old), "--force"] + fast) == 0
+    assert "test_rmse" in json.loads(old.read_text())
+    capsys.readouterr()
+    # an unwritable output is reported before any training
+    assert main(["fit", str(data), "--save", str(tmp_path / "no" / "m.pt")] + fast) == 2
+    out = capsys.readouterr()
+    assert "--save" in out.err and "test RMSE" not in out.out
+
+
+def test_ctrl_c_saves_checkpoint_and_json_exit_130(tmp_path, gen):
+    import os
+    import signal
+    import time
+
+    from dlrl import DLRL
+
+    data = _ratings_file(tmp_path / "r.tsv", gen)
+    ck, js = tmp_path / "m.pt", tmp_path / "r.json"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "dlrl", "fit", str(data), "--split", "random", "--rank", "3",
+                             "--epochs", "1000000", "--patience", "1000000", "--quiet", "--save", str(ck),
+                             "--json", str(js)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.time() + 90
+        while not ck.exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.05)  # the first periodic checkpoint (after 50 epochs)
+        assert ck.exists(), proc.communicate(timeout=5)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, (out, err)
+    assert "Traceback" not in err and "interrupted" in err and len(err.strip().splitlines()) == 1, err
+    res = json.loads(js.read_text())
+    assert res["interrupted"] is True and res["epochs"] >= 50
+    model = DLRL.load(ck)
+    assert len(model.history) >= 50 and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_version_and_bad_device(tmp_path, gen, capsys):
+    import dlrl
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and dlrl.__version__ in capsys.readouterr().out
+    data = _ratings_file(tmp_path / "r.tsv", gen)
+    if not torch.cuda.is_available():
+        assert main(["fit", str(data), "--device", "cuda", "--quiet"]) == 2
+        assert "--device" in capsys.readouterr().err

@@ -1,46 +1,109 @@
-"""The command line: ``dlrl fit``, ``dlrl inpaint``, ``dlrl demo`` (also ``python -m dlrl``)."""
+"""The command line: ``dlrl fit``, ``dlrl inpaint``, ``dlrl demo`` (also ``python -m dlrl``).
+
+Errors: every bad option or input ends the command with exit status 2 and one line on stderr
+that names the option (``--debug`` shows the traceback). Files: an input is never written over,
+an existing output is replaced only with ``--force``, every output path is checked before any
+training starts, and every file is written atomically (``dlrl._io``). Ctrl-C during ``dlrl fit``
+saves the checkpoint (when ``--save`` was given), writes the JSON with ``"interrupted": true``
+and exits with status 130.
+"""
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
+import math
 import sys
 import time
 from pathlib import Path
 
+from ._io import atomic_write, atomic_write_text, check_output_path
+
 D = argparse.ArgumentDefaultsHelpFormatter
+
+
+class CliError(Exception):
+    """A user error: ``option`` (e.g. ``--rank`` or ``RATINGS``) and what is wrong with it."""
+
+    def __init__(self, option, message):
+        super().__init__(f"{option}: {message}" if option else message)
+        self.option = option
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (exit status 2)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# ----------------------------------------------------------------------------- argument types
+def _typed(kind, check, expected):
+    def convert(text):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not check(v):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text}")
+        return v
+    convert.__name__ = expected  # argparse names the type in its own messages
+    return convert
+
+
+positive_int = _typed(int, lambda v: v >= 1, "a positive integer")
+nonneg_int = _typed(int, lambda v: v >= 0, "an integer >= 0")
+positive_float = _typed(float, lambda v: math.isfinite(v) and v > 0, "a finite number > 0")
+nonneg_float = _typed(float, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
+open_fraction = _typed(float, lambda v: 0 < v < 1, "a fraction in (0, 1)")
+val_fraction = _typed(float, lambda v: 0 <= v < 1, "a fraction in [0, 1)")
+block_exponent = _typed(float, lambda v: 0 < v <= 2, "an exponent in (0, 2]")
+blocks_count = _typed(int, lambda v: v >= 2, "an integer >= 2 (X_1 m×d ... X_I d×n)")
 
 
 # ----------------------------------------------------------------------------- shared options
 def _model_options(p: argparse.ArgumentParser, images=False):
-    """Model and training options. ``images``: the defaults of ``dlrl.complete`` (inpaint, demo)."""
+    """Model and training options. ``images``: ``dlrl.complete``'s choices (inpaint, demo), where
+    an option left out is chosen by ``dlrl.complete`` (on validation entries with ``--tune``)."""
+    auto = " (default: chosen by dlrl.complete)" if images else ""
     g = p.add_argument_group("model")
     g.add_argument("--mode", choices=["paper", "published"], default="paper",
                    help="paper: the equations as meant (descent step, true matrix power, normalised); "
                         "published: the reference code's behaviour point by point (SPEC §4)")
-    g.add_argument("--rank", type=int, default=10 if images else 20, help="inner dimension d of the factors")
-    g.add_argument("--blocks", type=int, default=5, help="number of low-rank blocks I (factors X_1..X_I)")
-    g.add_argument("--p", type=float, nargs="+", default=[1.0],
-                   help="block exponents p_k in (0, 2]: one for all blocks or one per block (1/p = Σ 1/p_k)")
+    g.add_argument("--rank", type=positive_int, default=None,
+                   help="inner dimension d of the factors" + (auto if images else
+                        " (default: 20, capped at min(users, items))"))
+    g.add_argument("--blocks", type=blocks_count, default=None if images else 5,
+                   help="number of low-rank blocks I (factors X_1..X_I)" + auto)
+    g.add_argument("--p", type=block_exponent, nargs="+", default=None if images else [1.0],
+                   help="block exponents p_k in (0, 2]: one for all blocks or one per block (1/p = Σ 1/p_k)" + auto)
     g.add_argument("--refresh", choices=["fixed", "carry"], default="fixed",
                    help="fixed: the factors X_k never change (as published); carry: X_k <- X̂_k after each epoch")
     if images:
-        g.add_argument("--no-bias", dest="bias", action="store_false",
-                       help="no global mean / row / column biases (default: learn them)")
+        g.add_argument("--bias", action=argparse.BooleanOptionalAction, default=None,
+                       help="global mean / row / column biases" + auto)
     else:
         g.add_argument("--bias", action="store_true", help="learn a global mean and user/item biases (beyond the paper)")
     g.add_argument("--loss", choices=["sum", "mean"], default="sum", help="training loss reduction (paper Eq. 26: sum)")
     g.add_argument("--seed", type=int, default=0, help="seed of the factor / weight initialisation")
     t = p.add_argument_group("training")
-    t.add_argument("--epochs", type=int, default=600 if images else 300, help="maximum number of epochs")
-    t.add_argument("--lr", type=float, default=0.01, help="Adam learning rate")
-    t.add_argument("--weight-decay", type=float, default=0.0 if images else None,
-                   help="Adam (L2) weight decay" + ("" if images else
+    t.add_argument("--epochs", type=positive_int, default=None if images else 300,
+                   help="maximum number of epochs" + auto)
+    t.add_argument("--lr", type=positive_float, default=None if images else 0.01, help="Adam learning rate" + auto)
+    t.add_argument("--weight-decay", type=nonneg_float, default=None,
+                   help="Adam (L2) weight decay" + (auto if images else
                         "; default: the mode's (published 0.15; paper 1.25e-4 per observed rating)"))
-    t.add_argument("--patience", type=int, default=30 if images else None,
-                   help="ReduceLROnPlateau patience in epochs" + ("" if images else "; default: published 10, paper 5"))
-    t.add_argument("--early-stopping", type=int, default=None, metavar="N",
-                   help="stop after N epochs without a better validation RMSE and keep the best weights "
-                        "(needs --val-fraction > 0)")
+    t.add_argument("--patience", type=nonneg_int, default=None,
+                   help="ReduceLROnPlateau patience in epochs" + (auto if images else "; default: published 10, paper 5"))
+    if not images:
+        t.add_argument("--early-stopping", type=positive_int, default=None, metavar="N",
+                       help="stop after N epochs without a better validation RMSE and keep the best weights "
+                            "(needs --val-fraction > 0)")
+    t.add_argument("--tune", action=argparse.BooleanOptionalAction, default=None,
+                   help="choose rank / bias / p / weight decay on a validation part of the training entries "
+                        "(never on test data); default: the library's (dlrl.complete tunes when nothing is fixed)")
+    t.add_argument("--threads", type=positive_int, default=None,
+                   help="CPU threads for training (default: the library's policy)")
     t.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... or auto (cuda when available)")
     t.add_argument("--backend", choices=["auto", "reference", "triton", "cuda"], default="auto",
                    help="kernel backend (auto: Triton/CUDA on GPU tensors, pure PyTorch on CPU)")
@@ -53,7 +116,23 @@ def _device(name):
 
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise CliError("--device", f"expected cpu, cuda, cuda:N or auto, got {name!r}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CliError("--device", f"{name} requested, but this torch build has no usable CUDA "
+                                       f"(torch {torch.__version__}); use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise CliError("--device", f"{name} requested, but only {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type != "cpu":
+        raise CliError("--device", f"expected cpu, cuda, cuda:N or auto, got {name!r}")
+    return str(dev)
+
+
+def _accepts(fn, name):
+    return name in inspect.signature(fn).parameters
 
 
 def _model_kwargs(a, **extra):
@@ -64,9 +143,71 @@ def _model_kwargs(a, **extra):
     return kw
 
 
-def _fit_kwargs(a):
-    return dict(epochs=a.epochs, lr=a.lr, weight_decay=a.weight_decay, patience=a.patience,
-                early_stopping=a.early_stopping, progress=not a.quiet)
+def _fit_kwargs(a, fit):
+    kw = dict(epochs=a.epochs, lr=a.lr, weight_decay=a.weight_decay, patience=a.patience,
+              early_stopping=a.early_stopping, progress=not a.quiet)
+    for name in ("threads", "tune"):
+        v = getattr(a, name)
+        if v is None:
+            continue
+        if _accepts(fit, name):
+            kw[name] = v
+        elif name == "threads":
+            import torch
+
+            torch.set_num_threads(v)
+        else:
+            raise CliError("--tune", "this version of DLRL.fit has no validation search (tune=)")
+    return kw
+
+
+def _complete_kwargs(a, progress):
+    """dlrl.complete's keywords from the image options: only what the user set."""
+    from .complete import complete
+
+    kw = dict(mode=a.mode, refresh=a.refresh, loss=a.loss, seed=a.seed, backend=a.backend, dtype=a.dtype,
+              device=_device(a.device), progress=progress)
+    for name in ("rank", "blocks", "bias", "epochs", "lr", "weight_decay", "patience", "tune", "threads"):
+        v = getattr(a, name, None)
+        if v is not None:
+            if name in ("tune", "threads") and not _accepts(complete, name):
+                if name == "threads":
+                    import torch
+
+                    torch.set_num_threads(v)
+                    continue
+                raise CliError("--tune", "this version of dlrl.complete has no tune=")
+            kw[name] = v
+    if a.p is not None:
+        kw["p"] = a.p[0] if len(a.p) == 1 else list(a.p)
+    return kw
+
+
+#: python names in library messages ("rank: expected ...") -> the option a CLI user typed
+_OPTION_OF = {"rank": "--rank", "blocks": "--blocks", "p": "--p", "epochs": "--epochs", "lr": "--lr",
+              "weight_decay": "--weight-decay", "patience": "--patience", "early_stopping": "--early-stopping",
+              "mode": "--mode", "refresh": "--refresh", "loss": "--loss", "seed": "--seed", "device": "--device",
+              "backend": "--backend", "dtype": "--dtype", "threads": "--threads", "tune": "--tune",
+              "val_fraction": "--val-fraction", "test_fraction": "--test-fraction", "holdout": "--holdout",
+              "scale": "--scale", "sep": "--sep", "duplicates": "--duplicates", "missing": "--missing",
+              "size": "--size", "checkpoint": "--save", "resume": "--resume"}
+
+
+def _option_message(exc):
+    """A library error as one line, its python argument name replaced by the CLI option."""
+    msg = " ".join(str(exc).split()) or type(exc).__name__
+    head, sep, rest = msg.partition(":")
+    if sep and head.strip() in _OPTION_OF:
+        return f"{_OPTION_OF[head.strip()]}:{rest}"
+    if isinstance(exc, (ValueError, TypeError, FileNotFoundError, FloatingPointError, CliError)):
+        return msg
+    return f"{type(exc).__name__}: {msg}"
+
+
+def _write_figure(fig, path):
+    suffix = Path(path).suffix.lstrip(".").lower() or "png"
+    atomic_write(path, lambda f: fig.savefig(f, format=suffix))
+    return path
 
 
 def _plot_history(history, path, title):
@@ -90,33 +231,94 @@ def _plot_history(history, path, title):
         ax.grid(alpha=0.3)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path)
+    _write_figure(fig, path)
     return path
 
 
+#FIT_AND_REST
 # ----------------------------------------------------------------------------- fit
 def _load_split(a):
     from . import datasets as ds
 
     path = Path(a.ratings)
     if not path.exists():
-        raise SystemExit(f"dlrl fit: RATINGS: no such file or folder: {path}")
-    if a.split.startswith("canonical"):
-        k = a.split.split(":", 1)[1] if ":" in a.split else "1"
-        folder = path if path.is_dir() else path.parent
-        return ds.split_canonical(folder, k)
-    if a.format == "movielens" or (a.format == "auto" and (path.is_dir() or path.name in ("u.data", "ratings.dat", "ratings.csv"))):
-        data = ds.load_movielens(path)
-    else:
-        scale = tuple(a.scale) if a.scale else None
-        data = ds.load_ratings(path, sep=a.sep, scale=scale, duplicates=a.duplicates)
+        raise CliError("RATINGS", f"no such file or folder: {path}")
+    if a.test_fraction is not None and a.split != "random":
+        raise CliError("--test-fraction", f"only --split random uses it, got --split {a.split} "
+                                          "(the published split is the reference code's fixed 80/20); add --split random")
+    if a.holdout is not None and a.split != "per-user":
+        raise CliError("--holdout", f"only --split per-user uses it, got --split {a.split}")
+    if not (a.split in ("published", "random", "per-user") or a.split.startswith("canonical")):
+        raise CliError("--split", f"expected published, random, per-user or canonical:K, got {a.split!r}")
+    if a.scale is not None and not (math.isfinite(a.scale[0]) and math.isfinite(a.scale[1]) and a.scale[0] < a.scale[1]):
+        raise CliError("--scale", f"expected MIN < MAX, both finite, got {a.scale[0]:g} {a.scale[1]:g}")
+    try:
+        if a.split.startswith("canonical"):
+            k = a.split.split(":", 1)[1] if ":" in a.split else "1"
+            folder = path if path.is_dir() else path.parent
+            return ds.split_canonical(folder, k)
+        if a.format == "movielens" or (a.format == "auto" and (path.is_dir() or path.name in ("u.data", "ratings.dat", "ratings.csv"))):
+            data = ds.load_movielens(path)
+        else:
+            scale = tuple(a.scale) if a.scale else None
+            data = ds.load_ratings(path, sep=a.sep, scale=scale, duplicates=a.duplicates)
+    except UnicodeDecodeError:
+        raise CliError("RATINGS", f"{path} is not a text ratings file (it is not UTF-8 text)") from None
+    except PermissionError as exc:
+        raise CliError("RATINGS", f"cannot read {path}: {exc.strerror}") from None
+    except (ValueError, TypeError, KeyError, IndexError) as exc:
+        msg = " ".join(str(exc).split())
+        raise CliError("RATINGS", msg if str(path) in msg or path.name in msg else f"{path}: {msg}") from None
     if a.split == "published":
         return ds.split_published(data)
     if a.split == "random":
-        return ds.split_random(data, test_fraction=a.test_fraction, seed=a.split_seed)
-    if a.split == "per-user":
-        return ds.split_per_user(data, holdout=a.holdout, seed=a.split_seed)
-    raise SystemExit(f"dlrl fit: --split: expected published, random, per-user or canonical:K, got {a.split!r}")
+        return ds.split_random(data, test_fraction=0.2 if a.test_fraction is None else a.test_fraction,
+                               seed=a.split_seed)
+    return ds.split_per_user(data, holdout=1 if a.holdout is None else a.holdout, seed=a.split_seed)
+
+
+def _check_outputs(outputs, inputs, force):
+    """Every (option, path) of this run, checked before any work: not an input, not existing
+    unless --force, a writable folder, no two outputs on one path."""
+    seen = {}
+    for option, path in outputs:
+        if path is None:
+            continue
+        check_output_path(path, option, inputs=inputs, force=force)
+        rp = Path(path).resolve()
+        if rp in seen:
+            raise CliError(option, f"{path} is also the {seen[rp]} output; give them different paths")
+        seen[rp] = option
+
+
+def _load_checkpoint(path, device):
+    from .model import DLRL
+
+    p = Path(path)
+    if not p.is_file():
+        raise CliError("--resume", f"no such checkpoint file: {p}")
+    try:
+        return DLRL.load(p, device=device)
+    except Exception as exc:  # pickle, zip, key errors ...: the file is not one of ours
+        raise CliError("--resume", f"{p} is not a readable DLRL checkpoint "
+                                   f"({type(exc).__name__}: {' '.join(str(exc).split())[:160]})") from None
+
+
+def _save_checkpoint(model, path):
+    """model.save through a temporary file in the same folder, then an atomic rename."""
+    import os
+    import tempfile
+
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent if str(path.parent) else ".")
+    os.close(fd)
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def cmd_fit(a):
@@ -126,31 +328,58 @@ def cmd_fit(a):
     from .metrics import mae, rmse
     from .model import DLRL
 
+    if a.early_stopping and not a.val_fraction > 0:
+        raise CliError("--early-stopping", "needs a validation set: add --val-fraction (e.g. 0.1)")
+    device = _device(a.device)
+    inputs = [a.ratings] + ([a.resume] if a.resume else [])
+    _check_outputs([("--save", a.save), ("--json", a.json), ("--plot", a.plot)], inputs, a.force)
+    if a.resume:
+        model = _load_checkpoint(a.resume, device)
     train, test = _load_split(a)
+    m, n = train.shape
     val = None
     if a.val_fraction > 0:
         train, valset = ds.train_val_split(train, val_fraction=a.val_fraction, seed=a.split_seed)
         val = (valset.rows, valset.cols, valset.values)
-    elif a.early_stopping:
-        raise SystemExit("dlrl fit: --early-stopping needs --val-fraction > 0")
     clip = None if a.no_clip else tuple(train.scale)
-    kw = _model_kwargs(a, clip=clip)
     if a.resume:
-        model = DLRL.load(a.resume, device=kw["device"])
+        if tuple(model.config.shape) != (m, n):
+            raise CliError("--resume", f"{a.resume} is a model of {model.config.shape[0]}×{model.config.shape[1]}, "
+                                       f"the ratings are {m}×{n}")
     else:
-        model = DLRL(train.shape, **kw)
-    print(f"dlrl fit: {train.name}: {train.shape[0]}×{train.shape[1]}, {train.nnz} training ratings, "
+        if a.rank is not None and a.rank > min(m, n):
+            raise CliError("--rank", f"expected at most min(users, items) = {min(m, n)} for {m}×{n} ratings, "
+                                     f"got {a.rank}")
+        rank = min(20, m, n) if a.rank is None else a.rank
+        model = DLRL(train.shape, **_model_kwargs(a, clip=clip, rank=rank, device=device))
+    fit_kw = _fit_kwargs(a, model.fit)
+    print(f"dlrl fit: {train.name}: {m}×{n}, {train.nnz} training ratings, "
           f"{test.nnz} test ratings, scale {train.scale}", flush=True)
-    model.fit(rows=train.rows, cols=train.cols, values=train.values, val=val, resume=a.resume,
-              checkpoint=a.save, **_fit_kwargs(a))
-    with torch.no_grad():
-        pred = model.predict(test.rows, test.cols).float().cpu()
+    interrupted = False
+    try:
+        model.fit(rows=train.rows, cols=train.cols, values=train.values, val=val, resume=a.resume,
+                  checkpoint=a.save, **fit_kw)
+    except KeyboardInterrupt:
+        interrupted = True
+        if a.save and getattr(model, "stop_reason", None) != "interrupted":  # fit did not save it itself
+            _save_checkpoint(model, a.save)
+        model.stop_reason = "interrupted"
+    test_rmse = test_mae = None
+    try:
+        with torch.no_grad():
+            pred = model.predict(test.rows, test.cols).float().cpu()
+        test_rmse, test_mae = rmse(pred, test.values), mae(pred, test.values)
+    except Exception:
+        if not interrupted:
+            raise
     res = {
-        "test_rmse": rmse(pred, test.values),
-        "test_mae": mae(pred, test.values),
+        "test_rmse": test_rmse,
+        "test_mae": test_mae,
         "fit_seconds": model.fit_seconds,
         "epochs": len(model.history),
         "stop_reason": getattr(model, "stop_reason", None),
+        "interrupted": interrupted,
+        "history": [{k: v for k, v in h.items() if k in ("epoch", "train_loss", "val_rmse", "lr")} for h in model.history],
         "backend": model.backend_used,
         "device": str(model.device),
         "mode": model.config.mode,
@@ -160,12 +389,18 @@ def cmd_fit(a):
         "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d"),
     }
+    if a.json:
+        atomic_write_text(a.json, json.dumps(res, indent=2, default=str))
+    if interrupted:
+        saved = f"checkpoint {a.save} (continue with --resume {a.save} --force)" if a.save else "no checkpoint (no --save)"
+        print(f"dlrl fit: interrupted after {len(model.history)} epochs; {saved}"
+              + (f"; results in {a.json}" if a.json else ""), file=sys.stderr, flush=True)
+        return res
     print(f"test RMSE {res['test_rmse']:.4f}   test MAE {res['test_mae']:.4f}   fit {res['fit_seconds']:.2f} s   "
           f"{res['epochs']} epochs ({res['stop_reason']})   backend {res['backend']} on {res['device']}   mode {res['mode']}")
     if a.save:  # fit() wrote it (optimiser and schedule included) every 50 epochs and at the end
-        print(f"checkpoint: {a.save} (continue with --resume {a.save})")
+        print(f"checkpoint: {a.save} (continue with --resume {a.save} --force)")
     if a.json:
-        Path(a.json).write_text(json.dumps(res, indent=2, default=str))
         print(f"wrote {a.json}")
     if a.plot:
         _plot_history(model.history, a.plot, f"DLRL ({res['mode']}) on {train.name}: test RMSE {res['test_rmse']:.4f}")
@@ -174,29 +409,65 @@ def cmd_fit(a):
 
 
 # ----------------------------------------------------------------------------- inpaint
-def inpaint_image(img, observed, a, progress=None):
-    """Complete every channel of ``img`` (H, W, C) observed where ``observed`` is True."""
+def inpaint_image(img, observed, kw):
+    """Complete ``img`` (H, W, C) observed where ``observed`` is True, every channel at once:
+    the channels side by side form one H × (C·W) matrix (they share their row space, so the
+    stacked matrix stays low-rank), completed by ``dlrl.complete(**kw)``."""
     import torch
 
     from .complete import complete
 
-    rec = img.clone()
-    for ch in range(img.shape[2]):
-        X = img[:, :, ch].clone()
-        X[~observed[:, :, ch]] = float("nan")
-        rec[:, :, ch] = complete(X, **_model_kwargs(a), epochs=a.epochs, lr=a.lr, weight_decay=a.weight_decay,
-                                 patience=a.patience, progress=(not a.quiet) if progress is None else progress)
-    return rec.clamp(0, 255).to(torch.float64)
+    h, w, c = img.shape
+    X = img.permute(0, 2, 1).reshape(h, c * w).clone()  # [channel 0 | channel 1 | ...]
+    M = observed.permute(0, 2, 1).reshape(h, c * w)
+    X[~M] = float("nan")
+    out = complete(X, **kw)
+    rec = torch.as_tensor(out).reshape(h, c, w).permute(0, 2, 1)
+    return rec.clamp(0, 255).to(torch.float64).contiguous()
+
+
+def _load_image_arg(path, option):
+    from . import images as im
+
+    try:
+        return im.load_image(path)
+    except (FileNotFoundError, ValueError, OSError) as exc:
+        raise CliError(option, " ".join(str(exc).split())) from None
+
+
+def observed_for_display(img, observed, grey=128.0):
+    """The observed image with the missing pixels drawn in a neutral grey."""
+    shown = img.clone()
+    shown[~observed] = grey
+    return shown
 
 
 def cmd_inpaint(a):
     from . import images as im
 
-    img = im.load_image(a.image) if a.image != "sample" else im.sample_image("astronaut", size=a.size)
-    if a.size and a.image != "sample":
-        img = _resize(img, a.size)
+    out = Path(a.out)
+    fig = out.with_name(out.stem + "_side_by_side.png")
+    inputs = [p for p in (a.image if a.image != "sample" else None, a.mask) if p]
+    _check_outputs([("--out", out), ("--out", fig)] if out != fig else [("--out", out)], inputs, a.force)
+    if out.suffix.lower() not in (".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg", ".webp"):
+        raise CliError("--out", f"expected an image file name (.png, .jpg, .bmp, .tif, .webp), got {out.name}")
+    kw = _complete_kwargs(a, progress=not a.quiet)
+    if a.image == "sample":
+        img = im.sample_image("astronaut", size=a.size)
+    else:
+        img = _load_image_arg(a.image, "IMAGE")
+        if a.size:
+            img = _resize(img, a.size)
     if a.mask:
-        observed = im.load_text_mask(a.mask, channels=img.shape[2])
+        try:
+            observed = im.load_text_mask(a.mask, channels=img.shape[2])
+        except (FileNotFoundError, ValueError, OSError) as exc:
+            raise CliError("--mask", " ".join(str(exc).split())) from None
+        if tuple(observed.shape[:2]) != tuple(img.shape[:2]):
+            raise CliError("--mask", f"expected a mask of {img.shape[0]}×{img.shape[1]} pixels (the image's), "
+                                     f"got {observed.shape[0]}×{observed.shape[1]}")
+        if bool(observed.all()):
+            raise CliError("--mask", f"{a.mask} marks no pixel as missing (every pixel is white)")
         kind = f"mask file {a.mask}"
     elif a.text is not None:
         observed = im.text_mask(img.shape, text=a.text or im.DEFAULT_TEXT)
@@ -205,15 +476,12 @@ def cmd_inpaint(a):
         observed = im.random_mask(img.shape, missing=a.missing, seed=a.seed)
         kind = f"{a.missing:.0%} missing at random"
     t0 = time.perf_counter()
-    rec = inpaint_image(img, observed, a)
+    rec = inpaint_image(img, observed, kw)
     secs = time.perf_counter() - t0
     psnr = im.psnr_missing(rec, img, observed)
-    shown = img.clone()
-    shown[~observed] = 255.0
-    out = Path(a.out)
     im.save_image(rec, out)
-    fig = out.with_name(out.stem + "_side_by_side.png")
-    im.side_by_side([img, shown, rec], ["original", f"observed ({kind})", f"DLRL: {psnr:.2f} dB on missing pixels"], fig)
+    im.side_by_side([img, observed_for_display(img, observed), rec],
+                    ["original", f"observed ({kind}; missing in grey)", f"DLRL: {psnr:.2f} dB on missing pixels"], fig)
     print(f"inpaint: {img.shape[0]}×{img.shape[1]}×{img.shape[2]}, {kind}: PSNR over the missing pixels "
           f"{psnr:.2f} dB, {secs:.1f} s; wrote {out} and {fig}")
     return {"psnr_missing": psnr, "seconds": secs, "out": str(out), "figure": str(fig)}
@@ -233,78 +501,52 @@ def _resize(img, size):
     return out[:, :, None] if out.dim() == 2 else out
 
 
-# ----------------------------------------------------------------------------- demo
+DEMO_DESCRIPTION = "demo placeholder"
+
+
 def cmd_demo(a):
-    from . import images as im
-    from .complete import complete
-    from .model import PAPER_BEST
-
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    print("dlrl demo: DLRL matrix completion on data that needs no download.\n", flush=True)
-    opts = dict(_model_kwargs(a), epochs=a.epochs, lr=a.lr, weight_decay=a.weight_decay, patience=a.patience)
-
-    # 1. synthetic low-rank matrix
-    prob = im.synthetic_low_rank(100, 100, rank=5, noise=0.0, missing=0.5, seed=a.seed)
-    t0 = time.perf_counter()
-    X_hat, model = complete(prob["observed"], return_model=True, progress=not a.quiet, **opts)
-    secs = time.perf_counter() - t0
-    err = im.rsre(X_hat, prob["truth"])
-    print(f"[1] synthetic 100×100 rank-5 matrix, 50 % missing: RSRE {err:.4f} "
-          f"(‖X̂ − X‖_F / ‖X‖_F over all entries), {len(model.history)} epochs, {secs:.1f} s")
-    _plot_history(model.history, out / "synthetic_loss.png", f"synthetic 100×100 rank 5: RSRE {err:.4f}")
-
-    # 2. image inpainting on a scikit-image sample, channel by channel
-    img = im.sample_image("astronaut", size=a.size)
-    observed = im.random_mask(img.shape, missing=0.4, seed=a.seed)
-    t0 = time.perf_counter()
-    rec = inpaint_image(img, observed, a, progress=False)
-    secs = time.perf_counter() - t0
-    psnr = im.psnr_missing(rec, img, observed)
-    shown = img.clone()
-    shown[~observed] = 255.0
-    im.save_image(rec, out / "astronaut_recovered.png")
-    im.side_by_side([img, shown, rec], ["original", "observed (40 % missing)", f"DLRL: {psnr:.2f} dB (missing px)"],
-                    out / "astronaut_side_by_side.png")
-    print(f"[2] astronaut {img.shape[0]}×{img.shape[1]}×3, 40 % of pixels missing per channel: PSNR over the "
-          f"missing pixels {psnr:.2f} dB, {secs:.1f} s")
-
-    # 3. MovieLens-100K if it is at hand (the demo never downloads)
-    ml = _find_ml100k(a.ml100k)
-    if ml is not None:
-        print(f"[3] MovieLens-100K at {ml}: published 80/20 split, paper mode with biases "
-              f"(the documented best configuration):", flush=True)
-        fa = build_parser().parse_args(["fit", str(ml), "--bias", "--weight-decay", str(PAPER_BEST["weight_decay"]),
-                                        "--json", str(out / "ml100k.json"), "--plot", str(out / "ml100k_loss.png")]
-                                       + (["--quiet"] if a.quiet else []))
-        cmd_fit(fa)
-    else:
-        print("[3] MovieLens-100K not found (pass --ml100k FOLDER, or run `dlrl fit FOLDER`): skipped")
-    print(f"\nfigures and results are in {out}/")
-    return 0
-
-
-def _find_ml100k(given):
-    cands = [Path(given)] if given else []
-    here = Path(__file__).resolve()
-    cands += [p / "shared" / "data" / "ml-100k" for p in list(here.parents)[:5]]
-    cands += [Path.cwd() / ".." / "shared" / "data" / "ml-100k"]
-    for c in cands:
-        if (c / "u.data").is_file():
-            return c.resolve()
-    return None
+    raise CliError("demo", "not yet")
 
 
 # ----------------------------------------------------------------------------- parser
-def build_parser():
-    ap = argparse.ArgumentParser(prog="dlrl", formatter_class=D,
-                                 description="Differentiable low-rank matrix completion (DLRL) on CPU or GPU.")
-    sub = ap.add_subparsers(dest="command", required=True)
+def _version():
+    import dlrl
+    import dlrl_kernels
 
-    f = sub.add_parser("fit", formatter_class=D, help="train on a ratings file and report test RMSE",
+    try:
+        import torch
+
+        tv = torch.__version__
+    except ImportError:  # pragma: no cover
+        tv = "missing"
+    return f"dlrl {dlrl.__version__} (dlrl_kernels {dlrl_kernels.__version__}, torch {tv})"
+
+
+class _VersionAction(argparse.Action):
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(_version())
+        parser.exit(0)
+
+
+def build_parser():
+    common = _Parser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the Python traceback of an error")
+    ap = _Parser(prog="dlrl", formatter_class=D,
+                 description="Differentiable low-rank matrix completion (DLRL) on CPU or GPU.")
+    ap.add_argument("--version", action=_VersionAction, help="print the versions of dlrl, dlrl_kernels and torch")
+    ap.add_argument("--debug", action="store_true", default=False, help="show the Python traceback of an error")
+    sub = ap.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    f = sub.add_parser("fit", formatter_class=D, parents=[common], help="train on a ratings file and report test RMSE",
                        description="Train DLRL on a ratings file (MovieLens folder or file, or any "
-                                   "'user item rating' text file) and report the test RMSE (a square root).")
-    f.add_argument("ratings", help="MovieLens folder (ml-100k, ml-1m, ...) or a ratings file")
+                                   "'user item rating' text file) and report the test RMSE (a square root). "
+                                   "Ctrl-C stops training: the checkpoint (--save) and the JSON (--json, with "
+                                   "\"interrupted\": true) are written, exit status 130.")
+    f.add_argument("ratings", metavar="RATINGS", help="MovieLens folder (ml-100k, ml-1m, ...) or a ratings file")
     f.add_argument("--format", choices=["auto", "movielens", "generic"], default="auto",
                    help="auto: MovieLens when the path is a folder or u.data/ratings.dat/ratings.csv, else generic")
     f.add_argument("--sep", default=None, help="field separator of a generic file (default: detected)")
@@ -314,10 +556,12 @@ def build_parser():
                    help="what a repeated (user, item) pair does")
     f.add_argument("--split", default="published",
                    help="published (seed 2020 randperm, first 80 %% train), random, per-user, canonical:K (u1..u5, ua, ub)")
-    f.add_argument("--test-fraction", type=float, default=0.2, help="test fraction of --split random")
-    f.add_argument("--holdout", type=float, default=1, help="ratings per user held out by --split per-user")
+    f.add_argument("--test-fraction", type=open_fraction, default=None,
+                   help="test fraction of --split random (default 0.2; an error with any other split)")
+    f.add_argument("--holdout", type=positive_float, default=None,
+                   help="ratings per user held out by --split per-user (default 1)")
     f.add_argument("--split-seed", type=int, default=0, help="seed of the random / per-user / validation split")
-    f.add_argument("--val-fraction", type=float, default=0.0,
+    f.add_argument("--val-fraction", type=val_fraction, default=0.0,
                    help="fraction of the training ratings held out for validation RMSE (and early stopping)")
     f.add_argument("--no-clip", action="store_true", help="do not clip predictions to the rating scale")
     _model_options(f)
@@ -325,39 +569,64 @@ def build_parser():
     f.add_argument("--plot", default=None, metavar="OUT.png", help="plot loss, validation RMSE and Schatten sums")
     f.add_argument("--save", default=None, metavar="MODEL.pt", help="checkpoint file (also written during training)")
     f.add_argument("--resume", default=None, metavar="MODEL.pt", help="continue training from a checkpoint")
+    f.add_argument("--force", action="store_true", help="replace existing output files (never an input)")
     f.set_defaults(func=cmd_fit)
 
-    i = sub.add_parser("inpaint", formatter_class=D, help="fill missing pixels of an image",
-                       description="Complete an image channel by channel and print the PSNR over the missing pixels.")
-    i.add_argument("image", help="a PNG/JPEG file, or 'sample' for scikit-image's astronaut")
+    i = sub.add_parser("inpaint", formatter_class=D, parents=[common], help="fill missing pixels of an image",
+                       description="Complete an image (its channels side by side as one matrix) with dlrl.complete "
+                                   "and print the PSNR over the missing pixels.")
+    i.add_argument("image", metavar="IMAGE", help="a PNG/JPEG file, or 'sample' for scikit-image's astronaut")
     m = i.add_mutually_exclusive_group()
-    m.add_argument("--missing", type=float, default=0.4, help="fraction of pixels missing at random (per channel)")
+    m.add_argument("--missing", type=open_fraction, default=0.4, help="fraction of pixels missing at random (per channel)")
     m.add_argument("--text", nargs="?", const="", default=None,
                    help="render this text over the image as the mask (no value: a default paragraph)")
     m.add_argument("--mask", default=None, help="mask image file: a pixel is missing where any channel is below 255")
-    i.add_argument("--size", type=int, default=None, help="resize so that the longer side has this many pixels")
+    i.add_argument("--size", type=positive_int, default=None, help="resize so that the longer side has this many pixels")
     i.add_argument("--out", default="inpainted.png", help="recovered image; a _side_by_side.png figure is written next to it")
+    i.add_argument("--force", action="store_true", help="replace existing output files (never an input)")
     _model_options(i, images=True)
     i.set_defaults(func=cmd_inpaint)
 
-    d = sub.add_parser("demo", formatter_class=D, help="a two-minute tour on data at hand",
-                       description="Complete a synthetic low-rank matrix and a sample image; fit MovieLens-100K "
-                                   "too when it is at hand (never downloads).")
-    d.add_argument("--out", default="dlrl_demo", help="folder for figures and results")
-    d.add_argument("--size", type=int, default=128, help="longer side of the sample image")
+    d = sub.add_parser("demo", formatter_class=D, parents=[common], help="a short tour on data at hand, with baselines",
+                       description=DEMO_DESCRIPTION)
+    d.add_argument("--out", default="dlrl_demo", help="folder for figures, demo.json and demo.md (created)")
+    d.add_argument("--size", type=positive_int, default=None, help="longer side of the sample image (default 128; --quick 32)")
     d.add_argument("--ml100k", default=None, help="MovieLens-100K folder (default: look for ../shared/data/ml-100k)")
-    _model_options(d, images=True)
+    d.add_argument("--no-ml100k", action="store_true", help="skip the MovieLens part")
+    d.add_argument("--quick", action="store_true", help="tiny sizes and few epochs (a smoke test, seconds)")
+    d.add_argument("--json-copy", default=None, metavar="FILE.json",
+                   help="also write demo.json here (e.g. bench/results/demo_<machine>.json), and the table as "
+                        "FILE.md beside it... see --md-copy")
+    d.add_argument("--md-copy", default=None, metavar="FILE.md",
+                   help="also write the summary table here (e.g. bench/results/demo.md, a README fragment)")
+    d.add_argument("--force", action="store_true", help="replace existing --json-copy / --md-copy files")
+    d.add_argument("--seed", type=int, default=0, help="seed of the data, masks and models")
+    d.add_argument("--tune", action=argparse.BooleanOptionalAction, default=None,
+                   help="let dlrl.complete search its parameters on validation entries (default: the library's)")
+    d.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: the library's policy)")
+    d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.set_defaults(func=cmd_demo)
     return ap
 
 
 def main(argv=None):
+    import traceback
+
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    debug = bool(getattr(args, "debug", False))
     try:
-        args.func(args)
-    except (ValueError, FileNotFoundError, FloatingPointError) as exc:
-        print(f"dlrl {args.command}: error: {exc}", file=sys.stderr)
+        res = args.func(args)
+    except KeyboardInterrupt:
+        print(f"dlrl {args.command}: interrupted", file=sys.stderr, flush=True)
+        return 130
+    except Exception as exc:  # one line, the option named; the traceback only with --debug
+        if debug:
+            traceback.print_exc()
+        print(f"dlrl {args.command}: error: {_option_message(exc)}", file=sys.stderr, flush=True)
         return 2
+    if isinstance(res, dict) and res.get("interrupted"):
+        return 130
     return 0
 
 

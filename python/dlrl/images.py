@@ -101,6 +101,8 @@ def load_image(path: str | os.PathLike) -> torch.Tensor:
             return _pil_to_tensor(img)
     except UnidentifiedImageError as exc:
         raise ValueError(f"{path}: not an image file PIL can read") from exc
+    except (OSError, SyntaxError) as exc:  # truncated or damaged data (PIL raises OSError)
+        raise ValueError(f"{path}: the image data is truncated or damaged ({exc})") from None
 
 
 def _to_uint8(image: Any) -> np.ndarray:
@@ -120,8 +122,14 @@ def save_image(image: Any, path: str | os.PathLike) -> Path:
     values are rounded and clipped to ``0..255`` and the format follows the suffix."""
     from PIL import Image
 
+    from ._io import atomic_write
+
     path = Path(path)
-    Image.fromarray(_to_uint8(image)).save(path)
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None:
+        raise ValueError(f"path: expected an image file name (.png, .jpg, .bmp, ...), got {path.name}")
+    pil = Image.fromarray(_to_uint8(image))
+    atomic_write(path, lambda f: pil.save(f, format=fmt))  # never a half-written image
     return path
 
 
@@ -159,8 +167,10 @@ def side_by_side(
         ax.set_title(str(title), fontsize=10)
         ax.axis("off")
     fig.tight_layout()
+    from ._io import atomic_write
+
     path = Path(path)
-    fig.savefig(path, dpi=dpi)
+    atomic_write(path, lambda f: fig.savefig(f, dpi=dpi, format=path.suffix.lstrip(".").lower() or "png"))
     return path
 
 
@@ -329,11 +339,18 @@ def load_text_mask(path: str | os.PathLike, channels: int | None = None) -> torc
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"mask image not found: {path}")
-    with Image.open(path) as img:
-        img.load()
-        if img.mode not in ("L", "RGB"):
-            img = img.convert("RGB" if img.mode in ("RGBA", "P", "CMYK") else "L")
-        arr = np.asarray(img)
+    from PIL import UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode not in ("L", "RGB"):
+                img = img.convert("RGB" if img.mode in ("RGBA", "P", "CMYK") else "L")
+            arr = np.asarray(img)
+    except UnidentifiedImageError:
+        raise ValueError(f"{path}: not an image file PIL can read") from None
+    except (OSError, SyntaxError) as exc:
+        raise ValueError(f"{path}: the mask image is truncated or damaged ({exc})") from None
     if arr.ndim == 2:
         arr = arr[:, :, None]
     observed = (arr >= 255).all(axis=-1)
