@@ -10,7 +10,8 @@ import torch
 
 from dlrl.datasets import load_movielens, split_published
 from dlrl.metrics import rmse
-from dlrl.model import DLRL, PAPER_BEST
+from dlrl.model import DLRL
+from dlrl.tuning import fit_tuned
 
 ML = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ml-100k"
 pytestmark = [
@@ -68,6 +69,18 @@ def test_paper_mode_is_at_least_as_good_as_published(split, published):
     assert err <= published[0], (err, published[0])
 
 
-def test_documented_best_configuration_beats_svdpp(split):
-    err, model = _fit(split, **PAPER_BEST)
-    assert err <= 0.92, err
+#: Surprise SVD (default options) on this split, test RMSE, mean over random_state 0, 1, 2
+#: (bench/results/accuracy_cpu.json). An external baseline's number, not a DLRL result.
+SURPRISE_SVD_PUBLISHED = 0.937
+
+
+def test_defaults_beat_surprise_svd(split):
+    """The library's defaults (hyper-parameters chosen by dlrl.tuning on a validation part of
+    the *training* ratings, never on the test ratings) beat Surprise's SVD on the test split.
+    Over seeds 0-2 the tuned defaults score 0.91-0.92 here (bench/results/accuracy.md), so
+    the bar leaves a margin of more than two seed standard deviations."""
+    train, test = split
+    model, report = fit_tuned(train.rows, train.cols, train.values, train.shape, seed=0, clip=(1.0, 5.0))
+    assert report is not None and report["candidates"], report
+    err = rmse(model.predict(test.rows, test.cols), test.values)
+    assert err < SURPRISE_SVD_PUBLISHED, (err, report["chosen"])

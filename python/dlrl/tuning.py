@@ -166,6 +166,8 @@ def choose(config: dict, rows, cols, values, shape, explicit: set, seed: int = 0
     report["max_epochs"] = max_epochs
     if _fit_accepts("tune"):
         fixed_fit["tune"] = False
+    if _fit_accepts("track_schatten"):
+        fixed_fit["track_schatten"] = False  # an eigvalsh per epoch that the search never reads
 
     def run(cand):
         cfg = dict(base)

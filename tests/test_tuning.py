@@ -1,0 +1,107 @@
+"""dlrl.tuning: the validation search only sees training entries, respects the user's
+choices, is deterministic by seed and picks the lowest validation RMSE."""
+import math
+
+import pytest
+import torch
+
+from dlrl import tuning
+from dlrl.tuning import choose
+
+
+def _ratings(m=40, n=30, density=0.5, seed=0, noise=0.3):
+    g = torch.Generator().manual_seed(seed)
+    U, V = torch.randn(m, 2, generator=g), torch.randn(n, 2, generator=g)
+    bu, bi = 0.5 * torch.randn(m, generator=g), 0.5 * torch.randn(n, generator=g)
+    obs = (torch.rand(m, n, generator=g) < density).nonzero()
+    r, c = obs[:, 0], obs[:, 1]
+    v = 3 + bu[r] + bi[c] + 0.5 * (U[r] * V[c]).sum(1) + noise * torch.randn(r.numel(), generator=g)
+    return r, c, v.clamp(1, 5), (m, n)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny problems: one thread (OpenMP threads spin-wait on a busy machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# only the weight-decay stage runs (4 short candidates): a second or two
+FIXED = {"rank": 4, "blocks": 3, "bias": True, "p": 1.0}
+
+
+def _choose(seed=0, **kw):
+    r, c, v, shape = _ratings()
+    return choose(dict(FIXED, epochs=15, clip=(1.0, 5.0)), r, c, v, shape, set(FIXED) | {"clip", "epochs"},
+                  seed=seed, **kw)
+
+
+def test_explicit_parameters_are_kept_and_the_best_candidate_is_chosen():
+    res = _choose()
+    rep = res["report"]
+    assert set(res["overrides"]) == {"weight_decay"}, res["overrides"]
+    tried = [c["params"] for c in rep["candidates"]]
+    assert all(set(p) == {"weight_decay_per_entry"} for p in tried), tried
+    assert sorted(p["weight_decay_per_entry"] for p in tried) == sorted(dict(tuning.GRID)["weight_decay_per_entry"])
+    best = min(rep["candidates"], key=lambda c: c["val_rmse"])
+    assert rep["chosen"] == best["params"]
+    # the absolute weight decay is per entry × all training entries (the refit's count)
+    r, c, v, shape = _ratings()
+    assert math.isclose(res["overrides"]["weight_decay"], best["params"]["weight_decay_per_entry"] * v.numel())
+    assert "epochs" not in res["fit_kwargs"]  # the caller fixed epochs
+    assert all(math.isfinite(c["val_rmse"]) and c["val_rmse"] < 2.0 for c in rep["candidates"])
+    assert rep["val_fraction"] == tuning.VAL_FRACTION and rep["seed"] == 0 and rep["seconds"] > 0
+
+
+def test_same_seed_same_choice():
+    a, b = _choose(seed=3), _choose(seed=3)
+    assert a["overrides"] == b["overrides"]
+    assert [c["val_rmse"] for c in a["report"]["candidates"]] == [c["val_rmse"] for c in b["report"]["candidates"]]
+
+
+def test_validation_part_is_a_seeded_subset_of_the_training_entries():
+    fit1, val1 = tuning._split(1000, 0, 0.1)
+    fit2, val2 = tuning._split(1000, 0, 0.1)
+    _, val3 = tuning._split(1000, 1, 0.1)
+    assert torch.equal(val1, val2) and not torch.equal(val1, val3)
+    assert val1.numel() == 100 and fit1.numel() == 900
+    assert torch.equal(torch.cat([fit1, val1]).sort().values, torch.arange(1000))
+
+
+def test_fit_kwargs_epochs_is_the_best_validation_epoch():
+    r, c, v, shape = _ratings(seed=1)
+    explicit = {"rank", "blocks", "bias", "p", "weight_decay", "clip"}
+    res = choose(dict(FIXED, weight_decay=5.0, clip=(1.0, 5.0), epochs=30), r, c, v, shape, explicit)
+    (cand,) = res["report"]["candidates"]
+    assert res["overrides"] == {}
+    assert res["fit_kwargs"]["epochs"] == cand["best_epoch"] <= 30
+
+
+def test_budget_stops_starting_candidates():
+    res = _choose(budget_s=1e-6)
+    rep = res["report"]
+    assert len(rep["candidates"]) == 1 and len(rep["skipped"]) == 3
+
+
+def test_too_few_entries_searches_nothing():
+    r, c, v, shape = _ratings(m=6, n=5, density=0.5)
+    res = choose({}, r, c, v, shape, set())
+    assert res["overrides"] == {} and res["fit_kwargs"] == {}
+    assert "observed entries" in res["report"]["reason"]
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(shape=(3,)), "shape"),
+    (dict(values=torch.tensor([1.0, float("nan")])), "values"),
+    (dict(values=torch.tensor([1.0])), "same length"),
+    (dict(budget_s=0), "budget_s"),
+    (dict(config=[1]), "config"),
+])
+def test_bad_arguments_name_themselves(bad, match):
+    args = dict(config={}, rows=torch.tensor([0, 1]), cols=torch.tensor([0, 1]), values=torch.tensor([1.0, 2.0]),
+                shape=(2, 2), explicit=set())
+    args.update(bad)
+    with pytest.raises((ValueError, TypeError), match=match):
+        choose(**args)
