@@ -121,14 +121,15 @@ def _candidates_for(stage_name, values, best, explicit, shape):
 
 
 def choose(config: dict, rows, cols, values, shape, explicit: set, seed: int = 0,
-           budget_s: Optional[float] = None) -> dict:
+           budget_s: Optional[float] = None, *, start: Optional[dict] = None) -> dict:
     """Pick DLRL hyper-parameters on a validation part of the given (training) entries.
 
     config: the constructor arguments the model was built with (``shape`` may be included; it
         is taken from ``shape``). explicit: names the user set (constructor or fit keywords);
         they are never varied nor returned. seed: draws the validation part (the same seed
         gives the same split and the same choice). budget_s: no new candidate is started after
-        this many seconds (``DEFAULT_BUDGET_S`` if None).
+        this many seconds (``DEFAULT_BUDGET_S`` if None). start: entries replacing ``START``'s
+        (the first candidate; e.g. ``dlrl.complete`` starts without weight decay).
     Returns ``{"overrides": {constructor args}, "fit_kwargs": {"epochs": ...}, "report": {...}}``.
     """
     from .model import DLRL
@@ -189,7 +190,11 @@ def choose(config: dict, rows, cols, values, shape, explicit: set, seed: int = 0
         report["candidates"].append(rec)
         return rec
 
-    start = {k: v for k, v in START.items()}
+    unknown = set(start or {}) - set(START)
+    if unknown:
+        raise ValueError(f"start: expected names among {sorted(START)}, got {sorted(unknown)}")
+    start = {**START, **(start or {})}
+    report["start"] = dict(start)
     if "weight_decay" in explicit:
         start.pop("weight_decay_per_entry")
     for k in list(start):
