@@ -171,11 +171,13 @@ def run_libmf(data, args):
     t0 = time.perf_counter()
     _, text = _capture_fd1(lambda: model.mf_train_test(X, V))
     fit_s = time.perf_counter() - t0
-    va = []
-    for line in text.splitlines():
+    va, col = [], None
+    for line in text.splitlines():  # "iter tr_rmse va_rmse obj" then one row per iteration
         parts = line.split()
-        if len(parts) >= 3 and parts[0].isdigit():
-            va.append(float(parts[-1]))
+        if parts[:1] == ["iter"] and "va_rmse" in parts:
+            col = parts.index("va_rmse")
+        elif col is not None and len(parts) > col and parts[0].isdigit():
+            va.append(float(parts[col]))
     pred = model.predict(np.ascontiguousarray(np.stack([vr, vc], axis=1), dtype=np.float32))
     final = _rmse(pred, vv)
     iters = max(len(va), 1)
