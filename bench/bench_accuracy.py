@@ -90,17 +90,22 @@ def datasets(quick):
     return out
 
 
-def run_dlrl(train, test, seed, budget_s=None):
+def run_dlrl(train, test, seed, budget_s=None, max_epochs=None):
+    """``max_epochs`` (--quick only) caps the search's and the refit's epochs."""
     shape = (train.n_users, train.n_items)
     clip = tuple(float(s) for s in train.scale)
     t0 = time.perf_counter()
-    res = choose({"clip": clip, "seed": seed}, train.rows, train.cols, train.values, shape, {"clip", "seed"},
-                 seed=seed, budget_s=budget_s)
+    cfg, fixed = {"clip": clip, "seed": seed}, {"clip", "seed"}
+    if max_epochs:
+        cfg["epochs"] = max_epochs
+        fixed.add("epochs")
+    res = choose(cfg, train.rows, train.cols, train.values, shape, fixed, seed=seed, budget_s=budget_s)
+    fit_kwargs = dict(res["fit_kwargs"], **({"epochs": max_epochs} if max_epochs else {}))
     model = DLRL(shape, clip=clip, seed=seed, **res["overrides"])
-    model.fit(rows=train.rows, cols=train.cols, values=train.values, progress=False, **res["fit_kwargs"])
+    model.fit(rows=train.rows, cols=train.cols, values=train.values, progress=False, **fit_kwargs)
     err = rmse(model.predict(test.rows, test.cols), test.values)
     rep = res["report"]
-    extra = {"chosen": res["overrides"], "fit_kwargs": res["fit_kwargs"], "tune_seconds": rep["seconds"],
+    extra = {"chosen": res["overrides"], "fit_kwargs": fit_kwargs, "tune_seconds": rep["seconds"],
              "chosen_val_rmse": rep.get("chosen_val_rmse"),
              "candidates": [{"params": c["params"], "val_rmse": c["val_rmse"]} for c in rep["candidates"]],
              "skipped": rep["skipped"]}
@@ -304,7 +309,7 @@ def main(argv=None):
         if (name, meth, s) in done:
             continue
         if meth == "dlrl":
-            err, secs, extra = run_dlrl(train, test, s, args.budget)
+            err, secs, extra = run_dlrl(train, test, s, args.budget, 40 if args.quick else None)
         else:
             err, secs, extra = run_surprise(meth, train, test, s)
         row = {"dataset": name, "method": meth, "seed": s, "rmse": err, "seconds": secs,

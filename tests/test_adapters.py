@@ -141,3 +141,29 @@ def test_from_dataframe_maps_ids_and_checks_columns():
         from_dataframe(df, user="u", item="m", rating="stars")
     with pytest.raises(ValueError, match="finite"):
         from_dataframe(df.assign(r=[1.0, np.nan, 2.0, 3.0]), user="u", item="m", rating="r")
+
+
+# ----------------------------------------------------------------------------- bench --quick
+def test_bench_accuracy_quick_runs_and_writes_json_and_markdown(tmp_path):
+    """CI smoke test of bench/bench_accuracy.py --quick (one tiny synthetic set, seed 0): every
+    method gives a finite RMSE and the markdown is generated from the JSON. The numbers of a
+    quick run mean nothing; the full run's are bench/results/accuracy.md."""
+    pytest.importorskip("surprise", reason="scikit-surprise not installed")
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    out, md = tmp_path / "acc.json", tmp_path / "acc.md"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, str(repo / "bench" / "bench_accuracy.py"), "--quick", "--budget", "2",
+                           "--out", str(out), "--md", str(md)], cwd=repo, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    doc = json.loads(out.read_text())
+    assert {r["method"] for r in doc["rows"]} == {"dlrl", "BaselineOnly", "SVD"}
+    assert all(np.isfinite(r["rmse"]) and 0 < r["rmse"] < 4 for r in doc["rows"])
+    text = md.read_text()
+    assert "| dataset |" in text and "syn-60x40" in text
