@@ -284,6 +284,10 @@ def main(argv=None):
         doc = _load(out)
         if doc is None:
             ap.error(f"--md-only: {out} does not exist")
+        from dlrl import tuning
+
+        doc.setdefault("grid", [list(g) for g in tuning.GRID])
+        doc.setdefault("start", dict(tuning.START))
         atomic_write_text(md, markdown(doc))
         return 0
     torch.set_num_threads(args.threads)
