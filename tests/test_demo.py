@@ -1,0 +1,99 @@
+"""`dlrl demo --quick` (tiny sizes, a smoke test of every part's outputs) and bench/update_readme.py."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from dlrl.cli import bias_only_predictor, main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _update_readme():
+    spec = importlib.util.spec_from_file_location("update_readme", ROOT / "bench" / "update_readme.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_demo_quick_writes_json_table_and_pictures(tmp_path, capsys):
+    out = tmp_path / "demo"
+    copy = tmp_path / "copy.json"
+    md = tmp_path / "frag.md"
+    rc = main(["demo", "--quick", "--quiet", "--threads", "1", "--out", str(out), "--json-copy", str(copy),
+               "--md-copy", str(md)])
+    assert rc == 0
+    rep = json.loads((out / "demo.json").read_text())
+    assert json.loads(copy.read_text()) == rep
+    assert rep["quick"] is True and rep["machine"]["cores"] >= 1 and rep["machine"]["cpu"]
+    assert {"dlrl", "torch", "python"} <= set(rep["versions"])
+    parts = {p["part"]: p for p in rep["parts"]}
+    assert set(parts) == {"synthetic", "image", "ml100k"} and "skipped" in parts["ml100k"]
+    for name in ("synthetic", "image"):
+        p = parts[name]
+        assert "Soft-Impute" in p["baseline"] and p["dlrl_seconds"] > 0 and p["seconds"] >= p["dlrl_seconds"]
+        assert torch.isfinite(torch.tensor([p["dlrl"], p["baseline"]["Soft-Impute"]])).all()
+    assert 0 < parts["synthetic"]["baseline"]["Soft-Impute"] < 1  # RSRE of a real completion
+    for fig in ("synthetic_loss.png", "astronaut_side_by_side.png", "astronaut_loss.png", "astronaut_dlrl.png"):
+        assert (out / fig).stat().st_size > 1000, fig
+    table = (out / "demo.md").read_text()
+    assert table == md.read_text() and table.startswith("| part |") and "Soft-Impute" in table
+    printed = capsys.readouterr().out
+    assert "| synthetic |" in printed
+    # the copies are outputs: not replaced without --force
+    assert main(["demo", "--quick", "--quiet", "--out", str(out), "--json-copy", str(copy)]) == 2
+    assert "--json-copy" in capsys.readouterr().err
+
+
+def test_demo_help_explains():
+    with pytest.raises(SystemExit) as exc:
+        main(["demo", "--help"])
+    assert exc.value.code == 0
+
+
+def test_bias_only_predictor_recovers_pure_biases():
+    from dlrl.datasets import RatingData
+
+    g = torch.Generator().manual_seed(0)
+    m, n = 60, 40
+    bu, bi = torch.randn(m, generator=g, dtype=torch.float64) * 0.5, torch.randn(n, generator=g, dtype=torch.float64) * 0.5
+    idx = torch.randperm(m * n, generator=g)[:1500]
+    r, c = idx // n, idx % n
+    v = 3.0 + bu[r] + bi[c]
+    data = RatingData(rows=r, cols=c, values=v, n_users=m, n_items=n, user_ids=None, item_ids=None,
+                      scale=(0.0, 6.0), name="biases")
+    predict, lam = bias_only_predictor(data)
+    err = (predict(r, c) - v).pow(2).mean().sqrt()
+    assert lam in (1.0, 3.0, 10.0, 25.0) and float(err) < 0.1
+
+
+def test_update_readme_regenerates_and_checks(tmp_path):
+    ur = _update_readme()
+    (tmp_path / "bench" / "results").mkdir(parents=True)
+    (tmp_path / "bench" / "results" / "a.md").write_text("| x |\n|---|\n| 1 |\n")
+    (tmp_path / "b.md").write_text("second")
+    readme = tmp_path / "README.md"
+    readme.write_text("# T\nintro\n<!-- BEGIN generated: bench/results/a.md -->\nold\n"
+                      "<!-- END generated: bench/results/a.md -->\nmiddle\n"
+                      "<!-- BEGIN generated: b.md -->\n<!-- END generated: b.md -->\nend\n")
+    args = ["--readme", str(readme), "--root", str(tmp_path)]
+    assert ur.main(args + ["--check"]) == 1
+    assert ur.main(args) == 0
+    text = readme.read_text()
+    assert "| 1 |" in text and "old" not in text and "second\n" in text and text.endswith("end\n")
+    assert text.startswith("# T\nintro\n") and "middle" in text
+    assert ur.main(args + ["--check"]) == 0
+    assert ur.main(args) == 0 and readme.read_text() == text  # idempotent
+    (tmp_path / "b.md").write_text("changed")
+    assert ur.main(args + ["--check"]) == 1
+    readme.write_text("<!-- BEGIN generated: a.md -->\n")
+    assert ur.main(args) == 2
+    readme.write_text("<!-- BEGIN generated: nothere.md -->\n<!-- END generated: nothere.md -->\n")
+    assert ur.main(args + ["--check"]) == 2
+
+
+def test_readme_generated_sections_are_current():
+    ur = _update_readme()
+    assert ur.main(["--check"]) == 0, "README.md is stale: run python bench/update_readme.py"
