@@ -593,3 +593,15 @@ def test_ml100k_published_split():
     assert not keys(tr) & keys(te)
     c = cold_start_counts(tr, te)
     assert c["users"] == 0 and 0 < c["items"] < 100
+
+
+def test_id_map_counting_and_sorting_paths_agree():
+    import dlrl.datasets as ds
+
+    rng = np.random.default_rng(3)
+    for lo, hi in ((-50, 60), (0, 2000), (10**15, 10**15 + 10**9)):  # the last is sorted, not counted
+        a = rng.integers(lo, hi, 700)
+        b = rng.integers(lo, hi, 300)
+        ids, (ra, rb) = ds._id_map(a, b)
+        assert ids.tolist() == sorted(set(a.tolist()) | set(b.tolist()))
+        assert np.array_equal(ids[ra], a) and np.array_equal(ids[rb], b)

@@ -614,7 +614,16 @@ def _id_map(*arrays: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
     if any(a.dtype.kind != "i" for a in arrays):
         arrays = tuple(a.astype(str) for a in arrays)
     sizes = [len(a) for a in arrays]
-    ids, inverse = np.unique(np.concatenate(arrays), return_inverse=True)
+    allids = np.concatenate(arrays)
+    lo = int(allids.min()) if allids.dtype.kind == "i" and allids.size else 0
+    span = int(allids.max()) - lo + 1 if allids.dtype.kind == "i" and allids.size else -1
+    if 0 < span <= 4 * allids.size + (1 << 20):
+        # integer ids in a compact range (MovieLens): a counting pass instead of a sort
+        present = np.bincount(allids - lo, minlength=span) > 0
+        ids = np.flatnonzero(present) + lo
+        inverse = (np.cumsum(present) - 1)[allids - lo]
+    else:
+        ids, inverse = np.unique(allids, return_inverse=True)
     inverse = inverse.reshape(-1)
     parts = np.split(inverse, np.cumsum(sizes)[:-1])
     return ids, parts
@@ -624,6 +633,9 @@ def _resolve_duplicates(table: _Table, rows, cols, n_items, policy, user_ids, it
     """Apply the duplicate policy; returns (rows, cols, values) in file order."""
     values = table.values
     key = rows.astype(np.int64) * np.int64(max(n_items, 1)) + cols
+    cells = len(user_ids) * max(n_items, 1)
+    if cells <= 8 * len(key) + (1 << 22) and np.bincount(key, minlength=cells).max(initial=0) <= 1:
+        return rows, cols, values  # no pair twice (a counting pass; the sort below finds them)
     order = np.argsort(key, kind="stable")
     skey = key[order]
     same = skey[1:] == skey[:-1]
