@@ -113,6 +113,19 @@ def _rmse(pred, v):
 
 
 # ----------------------------------------------------------------------------- methods
+def _fit_options(cls, args):
+    """The thread count asked for, and no hyper-parameter search, where fit() has them."""
+    import inspect
+
+    params = inspect.signature(cls.fit).parameters
+    kw = {}
+    if "threads" in params:
+        kw["threads"] = args.threads
+    if "tune" in params:
+        kw["tune"] = False
+    return kw
+
+
 def run_dlrl(data, args):
     import torch
 
@@ -123,12 +136,12 @@ def run_dlrl(data, args):
     # warm-up on a tiny problem: one-time imports and kernel set-up are not the fit's cost
     w = DLRL((30, 20), rank=4, blocks=args.blocks, bias=True, dtype="float32", seed=0)
     w.fit(rows=torch.arange(60) % 30, cols=torch.arange(60) % 20, values=torch.rand(60) + 3,
-          epochs=2, progress=False, track_schatten=False)
+          epochs=2, progress=False, track_schatten=False, **_fit_options(DLRL, args))
     model = DLRL(SHAPE, rank=args.rank, blocks=args.blocks, bias=True, dtype="float32", seed=0)
     t0 = time.perf_counter()
     hist = model.fit(rows=torch.from_numpy(r), cols=torch.from_numpy(c), values=torch.from_numpy(v),
                      val=(torch.from_numpy(vr), torch.from_numpy(vc), torch.from_numpy(vv)),
-                     epochs=args.epochs, progress=False, track_schatten=False)
+                     epochs=args.epochs, progress=False, track_schatten=False, **_fit_options(DLRL, args))
     fit_s = time.perf_counter() - t0
     times = [h["time"] for h in hist]
     # history times count from the fit's start (data preparation included)
@@ -290,8 +303,9 @@ def dp_worker(args):
            "expected_setup_bytes": (grad_floats + m + n + 3) * 4}
     if "distributed" in inspect.signature(DLRL.fit).parameters:
         ctx.reset_counters()
-        hist = model.fit(rows=shard.rows, cols=shard.cols, values=shard.values, epochs=args.dp_epochs,
-                         progress=False, track_schatten=False, distributed=True)
+        hist = model.fit(rows=torch.from_numpy(r), cols=torch.from_numpy(c), values=torch.from_numpy(v),
+                         epochs=args.dp_epochs, progress=False, track_schatten=False, distributed=True,
+                         **_fit_options(DLRL, args))  # fit shards the entries itself
         times = np.diff([0.0] + [h["time"] for h in hist])
         res.update(path="DLRL.fit(distributed=True)", epoch_s=float(np.median(times[1:])),
                    bytes_reduced_total=ctx.bytes_reduced, calls_total=ctx.calls,

@@ -48,7 +48,11 @@ def _fit(dtype, distributed):
 
     (r, c, v), (rt, ct, vt) = _problem()
     model = DLRL(SHAPE, dtype=dtype, **FIT_KW)
+    import inspect
+
     kw = {} if distributed is None else {"distributed": distributed}
+    if "tune" in inspect.signature(DLRL.fit).parameters:
+        kw["tune"] = False  # the same configuration alone and distributed (no search)
     hist = model.fit(rows=r, cols=c, values=v, epochs=EPOCHS, progress=False, track_schatten=False, **kw)
     pred = model.predict(rt, ct).double()
     test_rmse = float(torch.sqrt(((pred - vt) ** 2).mean()))
