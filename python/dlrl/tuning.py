@@ -80,7 +80,9 @@ _DATA_ARGS = ("X", "mask", "rows", "cols", "values", "val", "early_stopping", "p
 def _ctor_names():
     from .model import DLRL
 
-    return set(inspect.signature(DLRL.__init__).parameters) - {"self", "extra"}
+    params = inspect.signature(DLRL.__init__).parameters
+    return {k for k, v in params.items() if k not in ("self", "shape") and v.kind not in (
+        inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)}
 
 
 def _rmse(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -159,10 +161,16 @@ def choose(config: dict, rows, cols, values, shape, explicit: set, seed: int = 0
     fr, fc, fv = rows[fit_idx], cols[fit_idx], values[fit_idx]
     val = (rows[val_idx], cols[val_idx], values[val_idx])
     ctor = _ctor_names()
-    base = {k: v for k, v in config.items() if k != "shape" and (k in ctor or not _fit_accepts(k))}
+    config = dict(config)
+    extra = config.pop("extra", None)  # asdict(DLRLConfig) keeps **extra under "extra"
+    if isinstance(extra, dict):
+        config = {**extra, **config}
+    base = {k: v for k, v in config.items() if k in ctor}
     # fit keywords in config (lr, patience, ...) are used by every candidate; "epochs" caps them
-    fixed_fit = {k: v for k, v in config.items() if k not in base and k not in ("shape", "epochs")
+    fixed_fit = {k: v for k, v in config.items() if k not in base and k != "epochs" and _fit_accepts(k)
                  and k not in _DATA_ARGS}
+    report["ignored_config"] = sorted(k for k in config if k not in base and k not in fixed_fit
+                                      and k not in ("shape", "epochs"))
     max_epochs = min(TUNE_MAX_EPOCHS, int(config["epochs"])) if config.get("epochs") else TUNE_MAX_EPOCHS
     report["max_epochs"] = max_epochs
     if _fit_accepts("tune"):
