@@ -146,6 +146,8 @@ def _model_kwargs(a, **extra):
 def _fit_kwargs(a, fit):
     kw = dict(epochs=a.epochs, lr=a.lr, weight_decay=a.weight_decay, patience=a.patience,
               early_stopping=a.early_stopping, progress=not a.quiet)
+    if _accepts(fit, "force"):  # fit checks the checkpoint path itself
+        kw["force"] = bool(a.force)
     for name in ("threads", "tune"):
         v = getattr(a, name)
         if v is None:
@@ -332,7 +334,10 @@ def cmd_fit(a):
         raise CliError("--early-stopping", "needs a validation set: add --val-fraction (e.g. 0.1)")
     device = _device(a.device)
     inputs = [a.ratings] + ([a.resume] if a.resume else [])
-    _check_outputs([("--save", a.save), ("--json", a.json), ("--plot", a.plot)], inputs, a.force)
+    # the checkpoint being continued may be updated in place (atomically): --resume M --save M
+    same = bool(a.save and a.resume and Path(a.save).resolve() == Path(a.resume).resolve())
+    _check_outputs([("--save", a.save)], [a.ratings], a.force or same)
+    _check_outputs([("--json", a.json), ("--plot", a.plot)], inputs + ([a.save] if a.save else []), a.force)
     if a.resume:
         model = _load_checkpoint(a.resume, device)
     train, test = _load_split(a)
@@ -392,14 +397,14 @@ def cmd_fit(a):
     if a.json:
         atomic_write_text(a.json, json.dumps(res, indent=2, default=str))
     if interrupted:
-        saved = f"checkpoint {a.save} (continue with --resume {a.save} --force)" if a.save else "no checkpoint (no --save)"
+        saved = f"checkpoint {a.save} (continue with --resume {a.save} --save {a.save})" if a.save else "no checkpoint (no --save)"
         print(f"dlrl fit: interrupted after {len(model.history)} epochs; {saved}"
               + (f"; results in {a.json}" if a.json else ""), file=sys.stderr, flush=True)
         return res
     print(f"test RMSE {res['test_rmse']:.4f}   test MAE {res['test_mae']:.4f}   fit {res['fit_seconds']:.2f} s   "
           f"{res['epochs']} epochs ({res['stop_reason']})   backend {res['backend']} on {res['device']}   mode {res['mode']}")
     if a.save:  # fit() wrote it (optimiser and schedule included) every 50 epochs and at the end
-        print(f"checkpoint: {a.save} (continue with --resume {a.save} --force)")
+        print(f"checkpoint: {a.save} (continue with --resume {a.save} --save {a.save})")
     if a.json:
         print(f"wrote {a.json}")
     if a.plot:
