@@ -300,15 +300,22 @@ def dp_worker(args):
     res = {"world_size": ctx.world_size, "backend": ctx.backend, "nnz_train": len(v),
            "shard_nnz": shard.nnz, "shard_s": shard_s, "threads": args.threads,
            "param_floats": param_floats, "expected_bytes_per_epoch": (param_floats + 1) * 4,
-           "expected_setup_bytes": (grad_floats + m + n + 3) * 4}
+           # ∇_k (float32), row/column counts (int64), 5 statistics and 2 dot products (float64)
+           "expected_setup_bytes": grad_floats * 4 + (m + n) * 8 + 7 * 8}
     if "distributed" in inspect.signature(DLRL.fit).parameters:
         ctx.reset_counters()
+        counted = []  # (bytes, calls) after each epoch
         hist = model.fit(rows=torch.from_numpy(r), cols=torch.from_numpy(c), values=torch.from_numpy(v),
                          epochs=args.dp_epochs, progress=False, track_schatten=False, distributed=True,
+                         callback=lambda rec: counted.append((ctx.bytes_reduced, ctx.calls)),
                          **_fit_options(DLRL, args))  # fit shards the entries itself
         times = np.diff([0.0] + [h["time"] for h in hist])
+        per_epoch = np.diff([b for b, _ in counted])
         res.update(path="DLRL.fit(distributed=True)", epoch_s=float(np.median(times[1:])),
                    bytes_reduced_total=ctx.bytes_reduced, calls_total=ctx.calls,
+                   bytes_each_epoch_counted=per_epoch.tolist(),
+                   calls_each_epoch_counted=np.diff([k for _, k in counted]).tolist(),
+                   setup_bytes_counted=counted[0][0] - int(np.median(per_epoch)) if len(counted) > 1 else None,
                    train_loss=[h["train_loss"] for h in hist])
     else:
         t0 = time.perf_counter()
