@@ -25,6 +25,7 @@ fragment ``bench/results/accuracy.md`` generated from it (``--md-only`` regenera
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 import os
@@ -101,11 +102,13 @@ def run_dlrl(train, test, seed, budget_s=None, max_epochs=None):
         fixed.add("epochs")
     res = choose(cfg, train.rows, train.cols, train.values, shape, fixed, seed=seed, budget_s=budget_s)
     fit_kwargs = dict(res["fit_kwargs"], **({"epochs": max_epochs} if max_epochs else {}))
+    if "tune" in inspect.signature(DLRL.fit).parameters:
+        fit_kwargs["tune"] = False  # the search above is the tuning
     model = DLRL(shape, clip=clip, seed=seed, **res["overrides"])
     model.fit(rows=train.rows, cols=train.cols, values=train.values, progress=False, **fit_kwargs)
     err = rmse(model.predict(test.rows, test.cols), test.values)
     rep = res["report"]
-    extra = {"chosen": res["overrides"], "fit_kwargs": fit_kwargs, "tune_seconds": rep["seconds"],
+    extra = {"chosen": res["overrides"], "fit_kwargs": {k: v for k, v in fit_kwargs.items() if k != "tune"}, "tune_seconds": rep["seconds"],
              "chosen_val_rmse": rep.get("chosen_val_rmse"),
              "candidates": [{"params": c["params"], "val_rmse": c["val_rmse"]} for c in rep["candidates"]],
              "skipped": rep["skipped"]}
