@@ -17,18 +17,24 @@ input — beyond that, smaller eigenvalues are treated as null space, and null-s
 of order eps·2^k is left in the result (measured in tests/test_pinv.py). (The range residual ‖GXG − G‖ is no
 use here: in float32 it reaches its rounding floor, ≈ eps·κ, before the smallest range
 components have converged.)
-Everything is batched with torch.where, so there is no host synchronisation per step.
+Everything is batched with torch.where, so there is no host synchronisation per step. The
+iterations live once in ``dlrl_kernels._newton`` (matrix product plugged in).
 
 Backward (both routes): the constant-rank derivative of the pseudo-inverse,
     ∂/∂G = −X̃ Ḡ X̃ + (I − G X)ᵀ-side terms      (X̃ = Xᵀ; see ``pinv_backward``)
 which is exact wherever the rank is locally constant (ranks decided by ``rtol``).
 """
-from __future__ import annotations
+import types
+from typing import Optional
 
 import torch
+from torch import Tensor
 
-from .. import _dispatch
+from .. import _dispatch, _newton
+from .._newton import default_max_iters, resolve_iters, schulz_scale  # noqa: F401
 from .._validate import check_float_tensor, check_method
+from .spd_power import _check_rtol, check_finite
+
 
 def eye_like(S):
     d = S.shape[-1]
@@ -36,75 +42,13 @@ def eye_like(S):
 
 
 def default_rtol(G):
-    return max(G.shape[-2:]) * torch.finfo(G.dtype).eps
-
-
-def default_max_iters(dtype):
-    return 80 if dtype == torch.float64 else 50
-
-
-def resolve_iters(dtype):
-    """Steps before the rise rule may stop: resolves eigenvalues down to 1e-6 (float64) or
-    1e-3·λ_max (float32) of the scaled matrix — x₀λ = λ² doubles each step, +6 to converge."""
-    return 46 if dtype == torch.float64 else 26
-
-
-def _bmnorm(M):
-    return torch.linalg.matrix_norm(M)  # Frobenius over the last two dims
-
-
-def schulz_scale(G):
-    """A cheap upper bound of σ_max per matrix: min(‖G‖_F, sqrt(‖G‖_1 ‖G‖_∞))."""
-    fro = _bmnorm(G)
-    n1 = G.abs().sum(-2).amax(-1)
-    ninf = G.abs().sum(-1).amax(-1)
-    return torch.minimum(fro, torch.sqrt(n1 * ninf))
+    return _newton.pinv_default_rtol(G)
 
 
 def ns_pinv(G, max_iters=None, dG=None):
-    """Reference Newton–Schulz pseudo-inverse with the range-residual stop.
-
-    With ``dG`` given, also propagates the tangent dX (forward mode through the same
-    iteration; used by the matmul-only backward of spd_power). Returns (X, dX, iters_used).
-    """
-    if max_iters is None:
-        max_iters = default_max_iters(G.dtype)
-    c = schulz_scale(G)
-    safe_c = torch.where(c > 0, c, torch.ones_like(c))
-    alpha = (1.0 / safe_c**2)[..., None, None]
-    Gt = G.transpose(-1, -2)
-    X = alpha * Gt
-    dX = None if dG is None else alpha * dG.transpose(-1, -2)
-    eps = torch.finfo(G.dtype).eps
-    floor = 8 * max(G.shape[-2:]) * eps
-    active = (c > 0).clone()
-    prev = torch.full_like(c, float("inf"))
-    used = torch.zeros(c.shape, dtype=torch.int32, device=G.device)
-    I_r = torch.eye(G.shape[-2], dtype=G.dtype, device=G.device)
-    k_min = resolve_iters(G.dtype)
-    for k in range(max_iters):
-        GX = G @ X
-        Xn = X @ (2 * I_r - GX)
-        # relative step: about 1/2 while the smallest range components are still doubling,
-        # then falls quadratically, then rises again once null-space rounding noise (which
-        # doubles every step) dominates. Stop at its minimum (or at the rounding floor).
-        rel = _bmnorm(Xn - X) / _bmnorm(Xn).clamp_min(torch.finfo(G.dtype).tiny)
-        # The rise rule waits `k_min` steps: before that a rising step is a small range
-        # component still doubling (indistinguishable from null-space noise until then).
-        stop = (prev <= floor) | ((k >= k_min) & (prev < 0.25) & (rel >= prev))
-        active = active & ~stop
-        a = active[..., None, None]
-        if dG is not None:
-            dGX = dG @ X + G @ dX
-            dXn = dX @ (2 * I_r - GX) - X @ dGX
-            dX = torch.where(a, dXn, dX)
-        X = torch.where(a, Xn, X)
-        used = used + active.to(torch.int32)
-        prev = torch.where(active, rel, prev)
-        # On CPU a host check is free; on a GPU it would stall the stream every step.
-        if G.device.type == "cpu" and not bool(active.any()):
-            break
-    return X, dX, used
+    """Plain Newton–Schulz pseudo-inverse with the step-minimum stop (``_newton.ns_pinv`` with
+    torch.matmul; with ``dG`` also the tangent). Returns (X, dX, iters_used)."""
+    return _newton.ns_pinv(G, max_iters, dG, _newton.mm_torch)
 
 
 def svd_pinv(G, rtol=None):
@@ -126,60 +70,54 @@ def pinv_backward(G, X, gX):
     )
 
 
-def gram_pinv_newton(G, rtol=None, gram_fn=None, psd_pinv=None):
-    """G⁺ = (GᵀG)⁺Gᵀ (or Gᵀ(GGᵀ)⁺ when G is wide), matmul only, with an explicit threshold.
+def gram_pinv_newton(G, rtol=None):
+    """G⁺ = (GᵀG)⁺Gᵀ (or Gᵀ(GGᵀ)⁺ when G is wide), matmul only, with an explicit threshold:
+    ``_newton.gram_pinv`` with torch.matmul (the Triton twin plugs in its GEMM and Gram).
 
-    The PSD pseudo-inverse of the small Gram uses ``spd_power.psd_pinv_newton`` (sign
-    iteration for the range, then a full-rank Newton–Schulz inverse), so null-space rounding
-    never gets a chance to grow. Singular values below rtol·σ_max count as zero; the Gram's
-    threshold is rtol² (floored at d·eps, what the Gram can resolve). The price: the Gram
-    squares the condition number, so float32 is accurate to ≈ eps·κ²: κ(G) ≲ 1e2 in float32
-    (measured: 7e-6 at κ = 10, error ≈ 1 at κ = 1e3, bench/op_accuracy.py), ≲ 1e6 in float64.
-
-    ``gram_fn`` / ``psd_pinv`` swap in kernels for the two heavy steps (the Triton twin runs
-    this same route with its Gram and sign/inverse kernels); defaults: torch matmul and
-    ``spd_power.psd_pinv_newton``.
+    Singular values below rtol·σ_max count as zero; the Gram's threshold is
+    max(rtol², d·eps). The Gram squares the condition number, so float32 is accurate to
+    ≈ eps·κ²: κ(G) ≲ 1e2 in float32 (measured: 7e-6 at κ = 10, error ≈ 1 at κ = 1e3,
+    bench/op_accuracy.py), ≲ 1e6 in float64.
     """
-    if psd_pinv is None:
-        from .spd_power import psd_pinv_newton as psd_pinv
-
-    if rtol is None:
-        rtol = default_rtol(G)
-    tall = G.shape[-2] >= G.shape[-1]
-    Gt = G.transpose(-1, -2)
-    if gram_fn is None:
-        M = Gt @ G if tall else G @ Gt
-    else:
-        M = gram_fn(G) if tall else gram_fn(Gt)
-    M = 0.5 * (M + M.transpose(-1, -2))
-    d = M.shape[-1]
-    c = schulz_scale(M)
-    c = torch.where(c > 0, c, torch.ones_like(c))[..., None, None]
-    tau = max(float(rtol) ** 2, d * torch.finfo(G.dtype).eps)
-    Mp = psd_pinv(M / c, tau)[0] / c
-    return Mp @ Gt if tall else Gt @ Mp
+    return _newton.gram_pinv(G, rtol, _newton.mm_torch)
 
 
-class PinvFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, G, method, rtol, max_iters, backend):
-        if method == "svd":
-            X = svd_pinv(G, rtol)
-        elif backend == "triton":
-            # the same algorithm as the reference below (the plain Schulz ``ns_pinv`` has no
-            # threshold and leaves null-space noise on rank-deficient G)
-            from .._triton import small_matrix as k
+def _triton_impl():
+    from .._triton import small_matrix
 
-            X = k.gram_pinv_newton(G, rtol)
-        else:
-            X = gram_pinv_newton(G, rtol)
-        ctx.save_for_backward(G, X)
-        return X
+    return small_matrix  # .gram_pinv_newton looked up per call
 
-    @staticmethod
-    def backward(ctx, gX):
-        G, X = ctx.saved_tensors
-        return pinv_backward(G, X, gX), None, None, None, None
+
+#: implementation objects: ``gram_pinv_newton(G, rtol) -> G⁺`` (the svd route is torch)
+TABLE = _dispatch.OpTable(
+    "pinv", ("gram_pinv_newton",),
+    reference=lambda: types.SimpleNamespace(gram_pinv_newton=gram_pinv_newton),
+    triton=_triton_impl,
+)
+
+
+@torch.library.custom_op("dlrl::pinv", mutates_args=())
+def _pinv_op(G: Tensor, method: str, rtol: Optional[float], backend: str) -> Tensor:
+    if method == "svd":
+        return svd_pinv(G, rtol)
+    return TABLE.load(backend).gram_pinv_newton(G, rtol)
+
+
+@_pinv_op.register_fake
+def _(G, method, rtol, backend):
+    return G.new_empty((*G.shape[:-2], G.shape[-1], G.shape[-2]))
+
+
+def _setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0], output)
+
+
+def _backward(ctx, gX):
+    G, X = ctx.saved_tensors
+    return pinv_backward(G, X, gX), None, None, None
+
+
+_pinv_op.register_autograd(_backward, setup_context=_setup)
 
 
 def pinv(G, method: str = "auto", rtol=None, max_iters=None, backend: str = "auto"):
@@ -187,12 +125,26 @@ def pinv(G, method: str = "auto", rtol=None, max_iters=None, backend: str = "aut
 
     method: "svd" (torch.linalg.pinv with relative cut-off ``rtol``, default max(r,c)·eps),
     "newton" (matmul only: ``gram_pinv_newton``, explicit threshold ``rtol``) or "auto"
-    (newton on CUDA, svd on CPU). Differentiable (constant-rank derivative).
+    (newton on CUDA / Triton, svd on CPU). Differentiable (constant-rank derivative),
+    registered as ``torch.ops.dlrl.pinv``.
+
+    Bad input: NaN / Inf in G → ValueError naming G (the Newton route would otherwise return
+    NaN matrices; while compiling it does). rtol must lie in (0, 1). ``max_iters`` is not a
+    parameter of either route (Newton's step counts follow from rtol): any value other than
+    None raises, rather than being ignored. Extreme scales: G is divided by max |G| first
+    (pinv(sG) = pinv(G)/s), so float32 1e-30·I and 1e30·I are inverted correctly.
     ``ns_pinv`` (plain Schulz with the step-minimum stop) stays available as a primitive.
     """
-    check_float_tensor(G, "G", ndim_min=2)
-    check_method(method, {"auto", "svd", "newton"})
-    be = _dispatch.resolve(backend, G.device, "pinv")
+    if not torch.compiler.is_compiling():
+        check_float_tensor(G, "G", ndim_min=2)
+        check_method(method, {"auto", "svd", "newton"})
+        rtol = _check_rtol(rtol)
+        if max_iters is not None:
+            raise ValueError(
+                f"max_iters: pinv takes no step cap (the Newton route's step counts follow from rtol), got {max_iters!r}"
+            )
+        check_finite(G, "G")
+    name, _ = TABLE.resolve(backend, G.device)
     if method == "auto":
-        method = "newton" if (G.device.type == "cuda" or be == "triton") else "svd"
-    return PinvFn.apply(G, method, rtol, max_iters, be)
+        method = "newton" if (G.device.type == "cuda" or name == "triton") else "svd"
+    return torch.ops.dlrl.pinv(G, method, rtol, name)

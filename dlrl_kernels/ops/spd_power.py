@@ -15,8 +15,11 @@ Convention (the same for both methods, and what the backward differentiates):
   on a rank-deficient factor stays finite). With this, the backward is exact wherever the
   rank is locally constant, which is what ``gradcheck`` checks.
 
-method="newton" is matmul only (no eigh), for GPUs and fusion:
-- the matrix is scaled by c = min(‖S‖_F, ‖S‖_∞) ≥ λ_max, A = S/c, S^a = c^a A^a;
+method="newton" is matmul only (no eigh), for GPUs and fusion. The iteration is written once,
+in ``dlrl_kernels._newton``, with the matrix product plugged in (torch.matmul here, the Triton
+batched GEMM on ``backend="triton"``), so the reference and the kernels run the same algorithm:
+- the matrix is divided by m = max |S| and by c = min(‖S/m‖_F, ‖S/m‖_∞) ≥ λ_max(S/m),
+  A = S/(m·c), S^a = m^a·c^a·A^a (no over/underflow at float32's extreme scales);
 - dyadic a ∈ (0, 1) (a = Σ b_j 2^{−j}, up to ``MAX_BITS`` bits): nested coupled Newton–Schulz
   square roots R_j = A^{2^{−j}} (Y_0 = A, Z_0 = I, T = ½(3I − ZY), Y ← YT, Z ← TZ) and the
   product of the R_j with b_j = 1;
@@ -30,38 +33,15 @@ method="newton" is matmul only (no eigh), for GPUs and fusion:
   with the null–null block projected out as in the eigh convention.
 Non-dyadic exponents need ``method="eigh"`` (``auto`` picks it).
 """
-from __future__ import annotations
-
-import math
+import types
+from typing import Optional, Tuple
 
 import torch
+from torch import Tensor
 
-from .. import _dispatch
+from .. import _dispatch, _newton
+from .._newton import MAX_BITS, default_neg_tol, default_rtol, default_sqrt_iters, dyadic_bits, sym  # noqa: F401
 from .._validate import check_method, check_power, check_square
-
-MAX_BITS = 10
-
-
-def sym(S):
-    return 0.5 * (S + S.transpose(-1, -2))
-
-
-def default_rtol(S):
-    return S.shape[-1] * torch.finfo(S.dtype).eps
-
-
-def default_sqrt_iters(dtype):
-    return 40 if dtype == torch.float64 else 18
-
-
-def dyadic_bits(a: float):
-    """Binary digits of |a| in (0,1) if it is a multiple of 2^-MAX_BITS, else None."""
-    x = abs(a)
-    scaled = x * (1 << MAX_BITS)
-    if abs(scaled - round(scaled)) > 1e-9:
-        return None
-    n = int(round(scaled))
-    return [(n >> (MAX_BITS - j)) & 1 for j in range(1, MAX_BITS + 1)]
 
 
 # ----------------------------------------------------------------------------- eigh route
@@ -116,199 +96,129 @@ def eigh_power_backward(C, a, lam, Q, rng):
 
 
 # ----------------------------------------------------------------------------- newton route
-def _dmm(A, dA, B, dB):
-    """Product of dual matrices (A + εdA)(B + εdB)."""
-    out = A @ B
-    if dA is None:
-        return out, None
-    return out, dA @ B + A @ dB
-
-
+# The iteration itself lives once in dlrl_kernels._newton; the reference plugs in torch.matmul.
 def ns_sqrt(A, iters=None, dA=None):
-    """Coupled Newton–Schulz: (A^{1/2}, A^{-1/2} on the range, tangents). Spectrum of A in [0, 1].
-
-    Iteration count: a small eigenvalue λ needs ≈ log(1/λ)/log(2.25) + 5 steps (zy grows
-    2.25× per step until ≈ 1, then converges quadratically), so the default count resolves
-    κ ≈ 1e12 in float64 and κ ≈ 1e4 in float32. Each matrix exits early once the relative
-    step ‖Y_{k+1} − Y_k‖/‖Y_{k+1}‖ reaches the rounding floor. Guard: a slightly negative
-    eigenvalue −δ (rounding of a singular A, a perturbation) grows 1.5×, then explodes after
-    ≈ ln(1/δ)/(2 ln 1.5) steps; a healthy step is never larger than ½‖Y‖, so a matrix whose
-    relative step exceeds 0.75 is frozen at its previous iterate.
-    """
-    if iters is None:
-        iters = default_sqrt_iters(A.dtype)
-    I = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
-    Y, Z = A, I.expand(A.shape)
-    dY = dA
-    dZ = None if dA is None else torch.zeros_like(A)
-    floor = 8 * A.shape[-1] * torch.finfo(A.dtype).eps
-    active = torch.ones(A.shape[:-2], dtype=torch.bool, device=A.device)
-    prev = torch.full(A.shape[:-2], float("inf"), dtype=A.dtype, device=A.device)
-    tiny = torch.finfo(A.dtype).tiny
-    for _ in range(iters):
-        ZY, dZY = _dmm(Z, dZ, Y, dY)
-        T = 1.5 * I - 0.5 * ZY
-        dT = None if dA is None else -0.5 * dZY
-        Yn, dYn = _dmm(Y, dY, T, dT)
-        Zn, dZn = _dmm(T, dT, Z, dZ)
-        rel = torch.linalg.matrix_norm(Yn - Y) / torch.linalg.matrix_norm(Yn).clamp_min(tiny)
-        stop = (prev <= floor) | (rel > 0.75)
-        active = active & ~stop
-        a = active[..., None, None]
-        Y, Z = torch.where(a, Yn, Y), torch.where(a, Zn, Z)
-        if dA is not None:
-            dY, dZ = torch.where(a, dYn, dY), torch.where(a, dZn, dZ)
-        prev = torch.where(active, rel, prev)
-        if A.device.type == "cpu" and not bool(active.any()):
-            break
-    return Y, Z, dY, dZ
-
-
-def newton_scale(S):
-    fro = torch.linalg.matrix_norm(S)
-    ninf = S.abs().sum(-1).amax(-1)
-    c = torch.minimum(fro, ninf)
-    return torch.where(c > 0, c, torch.ones_like(c))
+    """Coupled Newton–Schulz square root (``_newton.ns_sqrt`` with torch.matmul)."""
+    return _newton.ns_sqrt(A, iters, dA, _newton.mm_torch)
 
 
 def psd_pinv_newton(A, rtol, dA=None):
-    """Pseudo-inverse and range projector of symmetric PSD A (spectrum in [0, 1]), matmul only.
-
-    The range is decided by the same threshold as the eigh route (λ > τ = rtol):
-      1. P = (I + sign(A − τI))/2 by the Newton–Schulz sign iteration X ← ½X(3I − X²)
-         (stable: ±1 attract, so null-space rounding does not grow; ≈ log(1/τ)/log 1.5 + 6
-         steps bring the eigenvalues next to τ to ±1);
-      2. B = A + (I − P) is full rank with spectrum in [τ, 1]: Newton–Schulz inverse
-         Y ← Y(2I − BY) from Y = B (≈ 2 log2(1/τ) + 6 steps, no null space to blow up);
-      3. A⁺ = P Y P.
-    With ``dA`` the tangents are carried through the same steps (forward mode).
-    Returns (A⁺, dA⁺, P, dP).
-    """
-    d = A.shape[-1]
-    I = torch.eye(d, dtype=A.dtype, device=A.device)
-    tau = float(rtol)
-    n_sign = int(math.ceil(math.log(1.0 / tau) / math.log(1.5))) + 6
-    n_inv = int(math.ceil(2 * math.log2(1.0 / tau))) + 6
-    X, dX = A - tau * I, dA
-    for _ in range(n_sign):
-        X2, dX2 = _dmm(X, dX, X, dX)
-        T = 1.5 * I - 0.5 * X2
-        X, dX = _dmm(X, dX, T, None if dA is None else -0.5 * dX2)
-    P = 0.5 * (I + X)
-    dP = None if dA is None else 0.5 * dX
-    B = A + (I - P)
-    dB = None if dA is None else dA - dP
-    Y, dY = B, dB
-    for _ in range(n_inv):
-        BY, dBY = _dmm(B, dB, Y, dY)
-        Y, dY = _dmm(Y, dY, 2 * I - BY, None if dA is None else -dBY)
-    M, dM = _dmm(P, dP, Y, dY)
-    Ap, dAp = _dmm(M, dM, P, dP)
-    return Ap, dAp, P, dP
+    """PSD pseudo-inverse by sign + inverse iterations (``_newton.psd_pinv`` with torch.matmul)."""
+    return _newton.psd_pinv(A, rtol, dA, _newton.mm_torch)
 
 
-def _newton_unit_power(A, a, iters, rtol, dA=None):
-    """A^a for spectrum in [0,1] (and its tangent), matmul only."""
-    if a == 1:
-        return A, dA
-    # Positive part via nested coupled square roots (R_j = A^{2^-j}); for a < 0 the same
-    # iteration's inverse roots Z_j = A^{-2^-j} give A^{-|a|} on the range directly (better
-    # conditioned than A⁺·A^{1+a}: no κ-sized factor times a √eps-sized one).
-    pos = abs(a)
-    P, dP = None, None
-    if pos == 1.0:
-        P, dP = A, dA
-    elif pos > 0.0:
-        bits = dyadic_bits(pos)
-        last = max(j for j, b in enumerate(bits) if b)
-        P, dP = None, None
-        R, dR = A, dA
-        for j in range(last + 1):  # R_j = A^{2^-(j+1)}: nested square roots
-            R, Z, dR, dZ = ns_sqrt(R, iters, dR)
-            F, dF = (R, dR) if a > 0 else (Z, dZ)
-            if bits[j]:
-                P, dP = (F, dF) if P is None else _dmm(P, dP, F, dF)
-    if a > 0:
-        return P, dP
-    Ap, dAp, Pr, dPr = psd_pinv_newton(A, rtol, dA)
-    if a == 0.0:
-        return Pr, dPr
-    if a == -1.0:
-        return Ap, dAp
-    # Full rank: the inverse roots Z_j are as accurate as the square roots. Singular: Z_j is
-    # garbage (≈ 1/√δ) on the null space, so use A⁺ · A^{1+a} (a positive power, clean
-    # there), sandwiched by the projector. Chosen per matrix from tr P.
-    M1, dM1 = _dmm(Pr, dPr, P, dP)
-    M1, dM1 = _dmm(M1, dM1, Pr, dPr)
-    P2, dP2 = _newton_unit_power(A, 1.0 + a, iters, rtol, dA)
-    M2, dM2 = _dmm(Ap, dAp, P2, dP2)
-    M2, dM2 = _dmm(Pr, dPr, M2, dM2)
-    M2, dM2 = _dmm(M2, dM2, Pr, dPr)
-    d = A.shape[-1]
-    singular = (Pr.diagonal(dim1=-2, dim2=-1).sum(-1) < d - 0.5)[..., None, None]
-    out = torch.where(singular, M2, M1)
-    dout = None if dA is None else torch.where(singular, dM2, dM1)
-    return out, dout
+def newton_scale(S):
+    """The scale m·c ≥ λ_max used by the Newton route (``_newton.newton_scale``)."""
+    m, c = _newton.newton_scale(S)
+    return m * c
 
 
-def newton_power(S, a, iters=None, rtol=None):
-    if rtol is None:
-        rtol = default_rtol(S)
-    c = newton_scale(S)
-    A = sym(S) / c[..., None, None]
-    P, _ = _newton_unit_power(A, a, iters, rtol)
-    return P * (c**a)[..., None, None]
+def newton_power(S, a, iters=None, rtol=None, check=False):
+    """S^a, matmul only (``_newton.power`` with torch.matmul): the reference twin."""
+    return _newton.power(S, float(a), iters, rtol, _newton.mm_torch, check=check)
 
 
 def newton_power_backward(S, a, C, iters=None, rtol=None):
+    """Adjoint of the Newton route applied to C (``_newton.power_backward`` with torch.matmul)."""
+    return _newton.power_backward(S, float(a), C, iters, rtol, _newton.mm_torch)
+
+
+def _triton_impl():
+    from .._triton import small_matrix
+
+    return small_matrix  # attributes looked up per call (newton_power, newton_power_backward)
+
+
+#: implementation objects: ``newton_power(S, a, iters, rtol, check)`` and
+#: ``newton_power_backward(S, a, C, iters, rtol)``; the eigh route is torch on every backend
+TABLE = _dispatch.OpTable(
+    "spd_power",
+    ("newton_power", "newton_power_backward"),
+    reference=lambda: types.SimpleNamespace(newton_power=newton_power, newton_power_backward=newton_power_backward),
+    triton=_triton_impl,
+)
+
+
+# ----------------------------------------------------------------------------- eigh route, scaled
+def _eigh_forward(S, a, rtol, check, neg_tol=None):
+    """eigh route on S/m (m = max |S|: no over/underflow at extreme scales), result × m^a."""
+    m = _newton.amax_scale(S)
+    out, (lam, Q, _) = eigh_power(S / m[..., None, None], a, rtol)
+    if check:
+        tol = default_neg_tol(S.dtype) if neg_tol is None else neg_tol
+        lmax = lam[..., -1].clamp_min(0)
+        bad = lam[..., 0] < -tol * lmax
+        if bool(bad.any()):
+            ratio = float((-lam[..., 0] / lmax.clamp_min(torch.finfo(S.dtype).tiny)).max())
+            raise ValueError(
+                f"S: expected symmetric positive semi-definite matrices, got {int(bad.sum())} clearly "
+                f"indefinite one(s) (λ_min/λ_max down to −{ratio:.3g} < −tol = −{tol:g})"
+            )
+    return out * m.pow(a)[..., None, None], lam, Q
+
+
+def _eigh_backward(C, S, lam, Q, a, rtol):
+    m = _newton.amax_scale(S)
     if rtol is None:
         rtol = default_rtol(S)
-    c = newton_scale(S)
-    A = sym(S) / c[..., None, None]
-    Cs = sym(C)
-    if a != 1:
-        # null–null block of the adjoint is zero by convention (module doc)
-        I = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
-        Pn = sym(I - psd_pinv_newton(A, rtol)[2])
-        Cs = Cs - Pn @ Cs @ Pn
-    _, dP = _newton_unit_power(A, a, iters, rtol, dA=Cs / c[..., None, None])
-    return sym(dP * (c**a)[..., None, None])
+    rng = lam > _floor(lam, rtol)
+    return eigh_power_backward(C, a, lam, Q, rng) * m.pow(a - 1.0)[..., None, None]
 
 
-# ----------------------------------------------------------------------------- autograd
-class SpdPowerFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, S, a, method, rtol, iters, backend):
-        ctx.a, ctx.method, ctx.iters, ctx.backend, ctx.rtol = a, method, iters, backend, rtol
-        if method == "eigh":
-            out, (lam, Q, rng) = eigh_power(S, a, rtol)
-            ctx.save_for_backward(S, lam, Q, rng)
-        else:
-            if backend == "triton":
-                from .._triton import small_matrix as k
-
-                out = k.newton_power(S, a, iters, rtol)
-            else:
-                out = newton_power(S, a, iters, rtol)
-            ctx.save_for_backward(S)
-        return out
-
-    @staticmethod
-    def backward(ctx, C):
-        if ctx.method == "eigh":
-            S, lam, Q, rng = ctx.saved_tensors
-            g = eigh_power_backward(C, ctx.a, lam, Q, rng)
-        else:
-            (S,) = ctx.saved_tensors
-            if ctx.backend == "triton":
-                from .._triton import small_matrix as k
-
-                g = k.newton_power_backward(S, ctx.a, C, ctx.iters, ctx.rtol)
-            else:
-                g = newton_power_backward(S, ctx.a, C, ctx.iters, ctx.rtol)
-        return g, None, None, None, None, None
+# ----------------------------------------------------------------------------- torch.library
+@torch.library.custom_op("dlrl::spd_power", mutates_args=())
+def _spd_power_op(
+    S: Tensor, a: float, method: str, rtol: Optional[float], iters: Optional[int], check: bool, backend: str
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """(S^a, λ, Q): λ, Q the eigen-decomposition of S/max|S| on the eigh route (for the
+    backward), empty on the Newton route."""
+    if method == "eigh":
+        return _eigh_forward(S, a, rtol, check)
+    out = TABLE.load(backend).newton_power(S, a, iters, rtol, check)
+    empty = S.new_empty(0)
+    return out, empty, empty.clone()
 
 
+@_spd_power_op.register_fake
+def _(S, a, method, rtol, iters, check, backend):
+    if method == "eigh":
+        return S.new_empty(S.shape), S.new_empty(S.shape[:-1]), S.new_empty(S.shape)
+    return S.new_empty(S.shape), S.new_empty(0), S.new_empty(0)
+
+
+@torch.library.custom_op("dlrl::spd_power_backward", mutates_args=())
+def _spd_power_backward_op(
+    C: Tensor, S: Tensor, lam: Tensor, Q: Tensor, a: float, method: str, rtol: Optional[float],
+    iters: Optional[int], backend: str,
+) -> Tensor:
+    if method == "eigh":
+        return _eigh_backward(C, S, lam, Q, a, rtol)
+    return TABLE.load(backend).newton_power_backward(S, a, C, iters, rtol)
+
+
+@_spd_power_backward_op.register_fake
+def _(C, S, lam, Q, a, method, rtol, iters, backend):
+    return S.new_empty(S.shape)
+
+
+def _setup(ctx, inputs, output):
+    S, a, method, rtol, iters, check, backend = inputs
+    _, lam, Q = output
+    ctx.save_for_backward(S, lam, Q)
+    ctx.args = (a, method, rtol, iters, backend)
+
+
+def _backward(ctx, g_out, g_lam, g_Q):
+    S, lam, Q = ctx.saved_tensors
+    a, method, rtol, iters, backend = ctx.args
+    g = torch.ops.dlrl.spd_power_backward(g_out, S, lam, Q, a, method, rtol, iters, backend)
+    return g, None, None, None, None, None, None
+
+
+_spd_power_op.register_autograd(_backward, setup_context=_setup)
+
+
+# ----------------------------------------------------------------------------- public
 def resolve_method(method, a, device, backend):
     check_method(method, {"auto", "eigh", "newton"})
     dyadic = a in (0.0, 1.0, -1.0) or dyadic_bits(a if a > 0 else 1.0 + a) is not None
@@ -322,20 +232,64 @@ def resolve_method(method, a, device, backend):
     return method
 
 
-def spd_power(S, a, method: str = "auto", rtol=None, iters=None, backend: str = "auto"):
+def check_finite(t, name):
+    """ValueError naming ``name`` when ``t`` has NaN / Inf entries (one host sync)."""
+    bad = ~torch.isfinite(t)
+    if bool(bad.any()):
+        n_nan = int(torch.isnan(t).sum())
+        raise ValueError(f"{name}: expected finite entries, got {n_nan} NaN and {int(bad.sum()) - n_nan} Inf")
+
+
+def _check_rtol(rtol, name="rtol"):
+    if rtol is None:
+        return None
+    if not isinstance(rtol, (int, float)) or isinstance(rtol, bool) or not (0.0 < float(rtol) < 1.0):
+        raise ValueError(f"{name}: expected None or a real number in (0, 1), got {rtol!r}")
+    return float(rtol)
+
+
+def _check_iters(iters, name="iters"):
+    if iters is None:
+        return None
+    if not isinstance(iters, int) or isinstance(iters, bool) or iters < 1:
+        raise ValueError(f"{name}: expected None or an integer >= 1, got {iters!r}")
+    return int(iters)
+
+
+def spd_power(S, a, method: str = "auto", rtol=None, iters=None, backend: str = "auto", check: bool = True):
     """S^a for symmetric PSD S (..., d, d), a ∈ [−1, 1]; see the module doc for the convention.
 
     method: "eigh" (torch.linalg.eigh; exact, any a), "newton" (matmul only, dyadic a) or
-    "auto" (newton on CUDA / Triton when a is dyadic, eigh otherwise). ``rtol`` is the
-    eigenvalue floor relative to λ_max (default d·eps) used by the eigh route to decide the
-    range; ``iters`` caps the Newton–Schulz square-root steps (default 40 float64, 18 float32; each
-    matrix exits early at the rounding floor).
-    Differentiable with a hand-written backward.
+    "auto" (newton on CUDA / Triton when a is dyadic, eigh otherwise). ``rtol`` ∈ (0, 1) is the
+    eigenvalue floor relative to λ_max (default d·eps) that decides the range; ``iters`` ≥ 1
+    caps the Newton–Schulz square-root steps (default 40 float64, 18 float32; each matrix
+    exits early at the rounding floor).
+
+    Bad input. NaN / Inf in S: ValueError naming S (with ``check``; without it, or while
+    compiling, the Newton route returns NaN matrices for them — never finite numbers).
+    Indefinite S (``check``, both methods): eigenvalues in [−tol·λ_max, 0) are rounding and
+    are clamped to 0 (both methods: the range is λ > rtol·λ_max); a most negative eigenvalue
+    below −tol·λ_max raises ValueError naming S. tol = 1e-5 (float64) / 1e-3 (float32)
+    (``_newton.default_neg_tol``). The eigh route reads λ_min directly; the Newton route
+    uses the positive part of R² − A for its first square root R (``_newton.negative_excess``,
+    one extra product; for a ∈ {0, −1, 1} one extra square root), relative to ‖A‖_F — the
+    same threshold up to ‖A‖_F/λ_max ∈ [1, √d]. ``check=False`` skips both checks and their
+    host syncs (what a CUDA-graph-captured training step needs).
+    Extreme scales: S is divided by max |S| before iterating and the result multiplied by
+    (max |S|)^a — exact, so float32 1e-30·I and 1e30 entries work in both methods.
+
+    Differentiable with a hand-written backward (registered as ``torch.ops.dlrl.spd_power``).
     """
-    check_square(S, "S")
-    a = check_power(a, "a")
-    be = _dispatch.resolve(backend, S.device, "spd_power")
-    method = resolve_method(method, a, S.device, be)
-    if a == 1.0 and method == "newton":
-        return sym(S) if not S.requires_grad else SpdPowerFn.apply(S, a, "eigh", rtol, iters, "reference")
-    return SpdPowerFn.apply(S, a, method, rtol, iters, be)
+    compiling = torch.compiler.is_compiling()
+    if not compiling:
+        check_square(S, "S")
+        a = check_power(a, "a")
+        if a != a:
+            raise ValueError("a: expected a real number in [-1, 1], got nan")
+        rtol = _check_rtol(rtol)
+        iters = _check_iters(iters)
+        if check:
+            check_finite(S, "S")
+    name, _ = TABLE.resolve(backend, S.device)
+    method = resolve_method(method, float(a), S.device, name)
+    return torch.ops.dlrl.spd_power(S, float(a), method, rtol, iters, bool(check), name)[0]
