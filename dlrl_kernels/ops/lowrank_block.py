@@ -196,7 +196,7 @@ def _backward(ctx, gN, gc, gv, glam, gQ):
             lg = sel(lam)
             rtol = default_rtol(S) if ctx.rtol is None else ctx.rtol
             rng = lg > rtol * lg[..., -1:].clamp_min(0)
-            g = eigh_power_backward(sel(gP), ak, lg, sel(Q), rng)
+            g = (_sqrt_backward if ak == 0.5 else eigh_power_backward)(sel(gP), ak, lg, sel(Q), rng)
         elif ak == 1.0:
             g = sym(sel(gP))
         else:
@@ -211,17 +211,34 @@ def _backward(ctx, gN, gc, gv, glam, gQ):
 block_power.register_autograd(_backward, setup_context=_setup)
 
 
+def _sqrt_backward(C, a, lam, Q, rng):
+    """``eigh_power_backward`` for a = ½ (p = 1, the default): the Loewner matrix of √λ is
+    Γ_ij = 1/(√λ_i + √λ_j), with √λ = 0 on the null space, which also gives the one-in-range
+    entries λ^{−½}; the null–null block is 0 as in the general convention. Two elementwise
+    ops instead of the general form's dozen (it runs every epoch)."""
+    s = torch.where(rng, lam.clamp_min(0).sqrt(), torch.zeros_like(lam))
+    den = s[..., :, None] + s[..., None, :]
+    G = torch.where(den > 0, 1.0 / torch.where(den > 0, den, torch.ones_like(den)), torch.zeros_like(den))
+    Qt = Q.transpose(-1, -2)
+    Cs = C + C.transpose(-1, -2)  # 2·sym(C); the ½ goes into the final symmetrisation
+    M = Q @ (G * (Qt @ Cs @ Q)) @ Qt
+    return 0.25 * (M + M.transpose(-1, -2))
+
+
 # ----------------------------------------------------------------------------- wrapper
-def _apply_w(W, N):
+def _apply_w(W, N, activation="relu"):
     """ReLU(W N) for a tall / square W (…, r, d); ReLU(N W) for a wide one (…, d, c) — the
-    transposed short-side form, since N is symmetric."""
+    transposed short-side form, since N is symmetric. ``activation="none"``: no ReLU."""
     d = N.shape[-1]
-    if W.shape[-1] == d:
-        return torch.relu(W @ N)
-    return torch.relu(N @ W)
+    T = W @ N if W.shape[-1] == d else N @ W
+    return torch.relu(T) if activation == "relu" else T
 
 
-def lowrank_block(Y, W, p, method: str = "auto", normalize=None, rtol=None, backend: str = "auto", *, S=None):
+ACTIVATIONS = ("relu", "none")
+
+
+def lowrank_block(Y, W, p, method: str = "auto", normalize=None, rtol=None, backend: str = "auto", *, S=None,
+                  activation: str = "relu"):
     """ReLU(W · N(S)), N(S) = S^{(2−p)/2} / c, S = YᵀY on the short side (or ``S`` given).
 
     From the factor: Y, W (..., r, c) of the same shape; differentiable w.r.t. Y and W.
@@ -230,8 +247,11 @@ def lowrank_block(Y, W, p, method: str = "auto", normalize=None, rtol=None, back
     returns the list of I outputs; differentiable w.r.t. S and every W_k. A single tensor W
     with S (..., d, d) is accepted too (one output).
     p ∈ (0, 2]: the Schatten exponent (one, or one per block of S). method: as ``spd_power``.
-    normalize: None, "trace", "frobenius" or "spectral" (see module doc).
+    normalize: None, "trace", "frobenius" or "spectral" (see module doc). activation: "relu"
+    (the paper's X̂ = ReLU(T)) or "none" (X̂ = T, for signed targets).
     """
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {activation!r}")
     if normalize not in NORMALIZE:
         raise ValueError(f"normalize: expected one of {NORMALIZE}, got {normalize!r}")
     nz = "none" if normalize is None else normalize
@@ -252,7 +272,8 @@ def lowrank_block(Y, W, p, method: str = "auto", normalize=None, rtol=None, back
         if wide:
             Y, W = Y.transpose(-1, -2), W.transpose(-1, -2)
         N = block_power(reference_gram(Y), [a], nz, method, rtol, be)[0]
-        out = torch.relu(W @ N)
+        out = W @ N
+        out = torch.relu(out) if activation == "relu" else out
         return out.transpose(-1, -2) if wide else out
     if Y is not None:
         raise ValueError("S: give either Y (the factor) or S (its Gram), not both")
@@ -282,5 +303,5 @@ def lowrank_block(Y, W, p, method: str = "auto", normalize=None, rtol=None, back
     meth = "eigh" if "eigh" in methods else "newton"
     N = block_power(S, a, nz, meth, rtol, be)[0]
     if single:
-        return _apply_w(W, N)
-    return [_apply_w(Wk, N[k]) for k, Wk in enumerate(Ws)]
+        return _apply_w(W, N, activation)
+    return [_apply_w(Wk, N[k], activation) for k, Wk in enumerate(Ws)]

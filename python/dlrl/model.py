@@ -37,6 +37,13 @@ Modes
 Beyond the paper (both modes): global mean and user/item biases (``bias=True``),
 predictions clipped to the rating scale (``clip=(lo, hi)``), validation-based early stopping.
 
+One epoch (refresh ``"fixed"``) is a handful of large ops: S_k(η) for all blocks from the
+three precomputed pieces, one ``dk.lowrank_block`` call ("from Gram": one batched d×d power
+with its spectral normalisation read off the same eigen/power data, then the W products),
+one sparse loss with its two SpMMs in the backward, one fused Adam step, and a device-side
+plateau schedule. Nothing is read back to the host inside the loop except where the user
+asked (progress refresh / checks every ``sync_every`` epochs, validation, callbacks).
+
 Factor refresh: ``"fixed"`` (published: X_k never change) or ``"carry"`` (X_k ← detached X̂_k
 after each epoch). With ``"fixed"``, X_k, ∇_k and L_k are constants, so
 S_k(η) = X_kᵀX_k ∓ t (X_kᵀ∇_k + ∇_kᵀX_k) + t² ∇_kᵀ∇_k, t = 1/(ηL_k): three d×d matrices are
@@ -44,7 +51,8 @@ precomputed and each epoch touches no m×d or n×d data before the W products.
 """
 from __future__ import annotations
 
-import copy
+
+from pathlib import Path
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -63,9 +71,60 @@ MODES = ("paper", "published")
 PAPER_WEIGHT_DECAY_PER_ENTRY = 1.25e-4
 #: paper mode's plateau patience (published: 10)
 PAPER_PATIENCE = 5
-#: the documented configuration that beats SVD++ on ML-100K (README "Results")
-PAPER_BEST = dict(mode="paper", bias=True, clip=(1.0, 5.0), weight_decay=20.0)
 REFRESH = ("fixed", "carry")
+ACTIVATIONS = ("relu", "none", "auto")
+NORMALIZE = ("spectral", "frobenius", "trace", "none")
+#: the default rank (capped at min(m, n) for small matrices)
+DEFAULT_RANK = 20
+#: constructor arguments whose explicit choice turns ``tune="auto"`` off (see ``fit``)
+TUNABLE = ("rank", "weight_decay", "bias", "p", "activation")
+#: activation="auto": "none" when at least this fraction of the training values is negative
+#: *and* at least this fraction positive (both signs beyond noise), else "relu"
+SIGNED_FRACTION = 0.05
+#: intra-op threads: a fit uses 2 threads from this many observed entries on (``_threads_for``)
+THREADS_MIN_NNZ = 400_000
+
+
+# ----------------------------------------------------------------------------- argument checks
+def _int_arg(value, name, lo=None):
+    """An integer argument: ints and integral floats; 2.7, True, "3" are refused."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) and not (
+            isinstance(value, torch.Tensor) and value.numel() == 1):
+        raise TypeError(f"{name}: expected an integer, got {type(value).__name__} {value!r}")
+    v = float(value)
+    if not math.isfinite(v) or v != int(v):
+        raise ValueError(f"{name}: expected an integer, got {value!r}")
+    v = int(v)
+    if lo is not None and v < lo:
+        raise ValueError(f"{name}: expected an integer >= {lo}, got {value!r}")
+    return v
+
+
+def _float_arg(value, name, lo=None, lo_open=False):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name}: expected a real number, got {type(value).__name__} {value!r}")
+    v = float(value)
+    if not math.isfinite(v):
+        raise ValueError(f"{name}: expected a finite number, got {value!r}")
+    if lo is not None and (v <= lo if lo_open else v < lo):
+        raise ValueError(f"{name}: expected a number {'>' if lo_open else '>='} {lo}, got {value!r}")
+    return v
+
+
+def _index_tensor(t, name, upper, device=None):
+    """Integer ids in [0, upper): integer tensors, or floats that are whole numbers (1.0 ok,
+    1.9 refused: never truncated)."""
+    t = torch.as_tensor(t, device=device)
+    if t.dtype == torch.bool:
+        raise TypeError(f"{name}: expected integer ids, got a bool tensor")
+    if t.is_floating_point() or t.is_complex():
+        if t.is_complex() or not bool(torch.isfinite(t).all()) or not bool((t == t.round()).all()):
+            bad = t[~(torch.isfinite(t) & (t == t.round()))][:1] if not t.is_complex() else t[:1]
+            raise ValueError(f"{name}: expected integer ids, got non-integer value {bad.tolist()[0] if bad.numel() else t}")
+    t = t.reshape(-1).long()
+    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= upper):
+        raise ValueError(f"{name}: expected indices in [0, {upper}), got range [{int(t.min())}, {int(t.max())}]")
+    return t
 
 
 # ----------------------------------------------------------------------------- observations
@@ -118,6 +177,8 @@ def as_observations(X=None, mask=None, rows=None, cols=None, values=None, shape=
             obs = mask.bool()
             if torch.isnan(X[obs]).any():
                 raise ValueError("X: expected no NaN at observed entries (mask True)")
+        if torch.isinf(X[obs]).any():
+            raise ValueError("X: expected finite observed values, got inf")
         r, c = obs.nonzero(as_tuple=True)
         if r.numel() == 0:
             raise ValueError("X: expected at least one observed entry, got none")
@@ -125,28 +186,32 @@ def as_observations(X=None, mask=None, rows=None, cols=None, values=None, shape=
         return Observations(r, c, X[r, c], tuple(X.shape), Xn)
     if rows is None or cols is None or values is None:
         raise ValueError("rows/cols/values: expected all three (or a dense X), got a partial set")
-    rows, cols, values = torch.as_tensor(rows), torch.as_tensor(cols), torch.as_tensor(values)
     if shape is None:
         raise ValueError("shape: expected (n_rows, n_cols) with sparse observations, got None")
-    if rows.numel() == 0:
-        raise ValueError("values: expected at least one observed entry, got none")
+    m, n = shape
+    values = torch.as_tensor(values)
     if not values.is_floating_point():
         values = values.double()
+    values = values.reshape(-1)
+    rows = _index_tensor(rows, "rows", m)
+    cols = _index_tensor(cols, "cols", n)
+    if rows.numel() == 0:
+        raise ValueError("values: expected at least one observed entry, got none")
+    if not (rows.numel() == cols.numel() == values.numel()):
+        raise ValueError(f"values: expected rows, cols and values of one length, got {rows.numel()}, "
+                         f"{cols.numel()}, {values.numel()}")
     if torch.isnan(values).any():
         raise ValueError("values: expected no NaN")
-    m, n = shape
-    if int(rows.min()) < 0 or int(rows.max()) >= m:
-        raise ValueError(f"rows: expected indices in [0, {m}), got range [{int(rows.min())}, {int(rows.max())}]")
-    if int(cols.min()) < 0 or int(cols.max()) >= n:
-        raise ValueError(f"cols: expected indices in [0, {n}), got range [{int(cols.min())}, {int(cols.max())}]")
-    return Observations(rows.long(), cols.long(), values, (int(m), int(n)))
+    if torch.isinf(values).any():
+        raise ValueError("values: expected finite values, got inf")
+    return Observations(rows, cols, values, (int(m), int(n)))
 
 
 # ----------------------------------------------------------------------------- config
 @dataclass
 class DLRLConfig:
     shape: tuple
-    rank: int = 20
+    rank: int = DEFAULT_RANK
     blocks: int = 5
     p: Sequence[float] = (1.0,)
     mode: str = "paper"
@@ -160,9 +225,12 @@ class DLRLConfig:
     backend: str = "auto"
     dtype: str = "float32"
     seed: int = 0
-    normalize: str = "spectral"  # paper mode: how S^a is made scale-free (see _normalize)
+    normalize: str = "spectral"  # paper mode: how S^a is made scale-free (see dk.lowrank_block)
     weight_decay: Optional[float] = None  # Adam L2; None: the mode's default (see fit)
-    extra: dict = field(default_factory=dict)
+    activation: str = "auto"  # "relu" (paper) | "none" | "auto" (chosen from the data at fit time)
+    scale_init: bool = True  # paper mode: fit the initial product's scale to the data (_match_scale)
+    dense: bool = False  # use the dense masked loss when a dense X was given (no biases)
+    explicit: tuple = ()  # constructor arguments the user gave (tune="auto" reads it)
 
     def p_list(self):
         ps = list(self.p) if isinstance(self.p, (list, tuple)) else [float(self.p)]
@@ -171,13 +239,30 @@ class DLRLConfig:
         if len(ps) != self.blocks:
             raise ValueError(f"p: expected 1 or {self.blocks} exponents (one per block), got {len(ps)}")
         for v in ps:
-            if not 0 < v <= 2:
-                raise ValueError(f"p: expected every block exponent in (0, 2], got {v}")
-        return ps
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 2:
+                raise ValueError(f"p: expected every block exponent in (0, 2], got {v!r}")
+        return [float(v) for v in ps]
+
+    def ctor_args(self):
+        """The constructor arguments that rebuild this configuration."""
+        d = asdict(self)
+        d.pop("explicit")
+        return d
 
 
 def _dtype(name):
     return {"float32": torch.float32, "float64": torch.float64}[name]
+
+
+def _same(a, b):
+    try:
+        return bool(a == b)
+    except Exception:  # noqa: BLE001 - tensors, odd types: count as given
+        return False
+
+_CTOR_DEFAULTS = dict(rank=None, blocks=5, p=None, mode="paper", refresh="fixed", bias=None, clip=None, eta0=0.1,
+                      init="auto", loss="sum", method="auto", backend="auto", dtype="float32", seed=0,
+                      normalize="spectral", weight_decay=None, activation=None, scale_init=True, dense=False)
 
 
 # ----------------------------------------------------------------------------- model
@@ -187,40 +272,107 @@ class DLRL(nn.Module):
     >>> model = DLRL((943, 1682), rank=20, blocks=5)            # doctest: +SKIP
     >>> hist = model.fit(rows=r, cols=c, values=v)               # doctest: +SKIP
     >>> model.predict(r_test, c_test)                            # doctest: +SKIP
+
+    rank: d (default 20, capped at min(m, n); an explicit rank above min(m, n) is clamped with a
+    warning). activation: "relu" (the paper's blocks), "none" (linear blocks, for signed data)
+    or "auto" (default: decided from the training values at fit time, see ``fit``). Unknown
+    keyword arguments are refused with the list of valid names.
     """
 
-    def __init__(self, shape, rank=20, blocks=5, p=1.0, mode="paper", refresh="fixed", bias=False,
+    def __init__(self, shape, rank=None, blocks=5, p=None, mode="paper", refresh="fixed", bias=None,
                  clip=None, eta0=0.1, init="auto", loss="sum", method="auto", backend="auto",
-                 dtype="float32", seed=0, normalize="spectral", weight_decay=None, device=None, **extra):
+                 dtype="float32", seed=0, normalize="spectral", weight_decay=None, activation=None,
+                 scale_init=True, dense=False, device=None, **unknown):
         super().__init__()
+        if unknown:
+            valid = ", ".join(["shape", *_CTOR_DEFAULTS, "device"])
+            raise TypeError(f"DLRL: unknown keyword argument(s) {sorted(unknown)}; valid names: {valid}")
+        given = dict(rank=rank, blocks=blocks, p=p, mode=mode, refresh=refresh, bias=bias, clip=clip, eta0=eta0,
+                     init=init, loss=loss, method=method, backend=backend, dtype=dtype, seed=seed,
+                     normalize=normalize, weight_decay=weight_decay, activation=activation,
+                     scale_init=scale_init, dense=dense)
+        explicit = tuple(sorted(k for k, v in given.items() if v is not None and not (
+            k not in TUNABLE and k != "rank" and _same(v, _CTOR_DEFAULTS[k]))))
+        self._build(shape, given, explicit, device)
+
+    # ------------------------------------------------------------------ construction
+    def _build(self, shape, given, explicit, device=None):
+        g = dict(given)
+        try:
+            shape = tuple(shape)
+        except TypeError:
+            raise TypeError(f"shape: expected (n_rows, n_cols), got {shape!r}") from None
+        if len(shape) != 2:
+            raise ValueError(f"shape: expected (n_rows, n_cols), got {shape!r}")
+        m, n = (_int_arg(s, "shape", lo=1) for s in shape)
+        mode, refresh = g["mode"], g["refresh"]
         if mode not in MODES:
             raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
         if refresh not in REFRESH:
             raise ValueError(f"refresh: expected one of {REFRESH}, got {refresh!r}")
-        if int(rank) < 1:
-            raise ValueError(f"rank: expected a positive integer, got {rank}")
-        if int(blocks) < 2:
-            raise ValueError(f"blocks: expected at least 2 blocks (X_1 m×d … X_I d×n), got {blocks}")
-        if loss not in ("sum", "mean"):
-            raise ValueError(f"loss: expected 'sum' or 'mean', got {loss!r}")
+        blocks = _int_arg(g["blocks"], "blocks")
+        if blocks < 2:
+            raise ValueError(f"blocks: expected at least 2 blocks (X_1 m×d … X_I d×n), got {g['blocks']!r}")
+        if g["rank"] is None:
+            rank = min(DEFAULT_RANK, m, n)
+        else:
+            rank = _int_arg(g["rank"], "rank")
+            if rank < 1:
+                raise ValueError(f"rank: expected a positive integer, got {g['rank']!r}")
+            if rank > min(m, n):
+                import warnings
+
+                warnings.warn(f"rank: {rank} is above min(m, n) = {min(m, n)} for shape {(m, n)}; using "
+                              f"rank={min(m, n)}", stacklevel=3)
+                rank = min(m, n)
+        if g["loss"] not in ("sum", "mean"):
+            raise ValueError(f"loss: expected 'sum' or 'mean', got {g['loss']!r}")
+        dtype = g["dtype"]
         if isinstance(dtype, torch.dtype):
+            if dtype not in (torch.float32, torch.float64):
+                raise ValueError(f"dtype: expected float32 or float64, got {dtype}")
             dtype = {torch.float32: "float32", torch.float64: "float64"}[dtype]
-        self.config = DLRLConfig(tuple(int(s) for s in shape), int(rank), int(blocks),
-                                 tuple(p) if isinstance(p, (list, tuple)) else (float(p),),
-                                 mode, refresh, bool(bias), tuple(clip) if clip else None, float(eta0),
-                                 init, loss, method, backend, dtype, int(seed), normalize,
-                                 None if weight_decay is None else float(weight_decay), dict(extra))
-        _normalize(torch.eye(2), normalize)  # validates the name
+        if dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype: expected 'float32' or 'float64', got {dtype!r}")
+        if g["normalize"] not in NORMALIZE and g["normalize"] is not None:
+            raise ValueError(f"normalize: expected one of {NORMALIZE}, got {g['normalize']!r}")
+        activation = "auto" if g["activation"] is None else g["activation"]
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {activation!r}")
+        if mode == "published" and activation == "none":
+            raise ValueError("activation: mode='published' has ReLU blocks (as published); got 'none'")
+        clip = g["clip"]
+        if clip is not None:
+            try:
+                lo, hi = (float(x) for x in clip)
+            except (TypeError, ValueError):
+                raise ValueError(f"clip: expected (low, high), got {clip!r}") from None
+            if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+                raise ValueError(f"clip: expected finite (low, high) with low < high, got {clip!r}")
+            clip = (lo, hi)
+        eta0 = _float_arg(g["eta0"], "eta0", lo=0.0, lo_open=True)
+        wd = g["weight_decay"]
+        if wd is not None:
+            wd = _float_arg(wd, "weight_decay", lo=0.0)
+        if g["init"] not in ("auto", "published", "scaled", "signed"):
+            raise ValueError(f"init: expected 'auto', 'published', 'scaled' or 'signed', got {g['init']!r}")
+        if g["method"] not in ("auto", "eigh", "newton"):
+            raise ValueError(f"method: expected 'auto', 'eigh' or 'newton', got {g['method']!r}")
+        if g["backend"] not in ("auto", "reference", "triton", "cuda"):
+            raise ValueError(f"backend: expected 'auto', 'reference', 'triton' or 'cuda', got {g['backend']!r}")
+        p = 1.0 if g["p"] is None else g["p"]
+        seed = _int_arg(g["seed"], "seed")
+        self.config = DLRLConfig((m, n), rank, blocks, tuple(p) if isinstance(p, (list, tuple)) else (p,),
+                                 mode, refresh, bool(g["bias"]), clip, eta0, g["init"], g["loss"], g["method"],
+                                 g["backend"], dtype, seed, g["normalize"] or "none", wd, activation,
+                                 bool(g["scale_init"]), bool(g["dense"]), tuple(explicit))
         self.ps = self.config.p_list()
         dt = _dtype(dtype)
-        m, n = self.config.shape
-        d = self.config.rank
-        g = torch.Generator().manual_seed(self.config.seed)
+        d = rank
+        gen = torch.Generator().manual_seed(seed)
         shapes = [(m, d)] + [(d, d)] * (blocks - 2) + [(d, n)]
-        init_kind = ("published" if mode == "published" else "signed") if init == "auto" else init
+        init_kind = ("published" if mode == "published" else "signed") if g["init"] == "auto" else g["init"]
         Xs, Ws = [], []
-        if init_kind not in ("published", "scaled", "signed"):
-            raise ValueError(f"init: expected 'auto', 'published', 'scaled' or 'signed', got {init!r}")
         for k, (r, c) in enumerate(shapes):
             if 0 < k < blocks - 1:
                 Xs.append(torch.eye(d, dtype=dt))
@@ -228,33 +380,57 @@ class DLRL(nn.Module):
             elif init_kind == "signed":
                 # zero-mean factors: S_k = Y_kᵀY_k is well conditioned (≈ (m/d)·I), so Adam on W_k
                 # is not slowed down by the one dominant all-ones direction positive factors give
-                Xs.append(torch.randn(r, c, generator=g, dtype=dt) / math.sqrt(d))
-                Ws.append(torch.rand(r, c, generator=g, dtype=dt) / math.sqrt(d))
+                Xs.append(torch.randn(r, c, generator=gen, dtype=dt) / math.sqrt(d))
+                Ws.append(torch.rand(r, c, generator=gen, dtype=dt) / math.sqrt(d))
             elif init_kind == "published":
-                Xs.append(torch.rand(r, c, generator=g, dtype=dt))
-                Ws.append(torch.rand(r, c, generator=g, dtype=dt))
+                Xs.append(torch.rand(r, c, generator=gen, dtype=dt))
+                Ws.append(torch.rand(r, c, generator=gen, dtype=dt))
             else:
                 # small positive factors whose product has entries of order one
-                Xs.append(torch.rand(r, c, generator=g, dtype=dt) / math.sqrt(d))
-                Ws.append(torch.rand(r, c, generator=g, dtype=dt) / math.sqrt(d))
+                Xs.append(torch.rand(r, c, generator=gen, dtype=dt) / math.sqrt(d))
+                Ws.append(torch.rand(r, c, generator=gen, dtype=dt) / math.sqrt(d))
         for k, X in enumerate(Xs):
             self.register_buffer(f"X{k}", X)
         self.W = nn.ParameterList([nn.Parameter(w) for w in Ws])
-        self.eta = nn.Parameter(torch.tensor(float(eta0), dtype=dt))
-        self.mu = nn.Parameter(torch.zeros((), dtype=dt), requires_grad=bool(bias))
-        self.bu = nn.Parameter(torch.zeros(m, dtype=dt), requires_grad=bool(bias))
-        self.bi = nn.Parameter(torch.zeros(n, dtype=dt), requires_grad=bool(bias))
+        self.eta = nn.Parameter(torch.tensor(eta0, dtype=dt))
+        bias = bool(g["bias"])
+        self.mu = nn.Parameter(torch.zeros((), dtype=dt), requires_grad=bias)
+        self.bu = nn.Parameter(torch.zeros(m, dtype=dt), requires_grad=bias)
+        self.bi = nn.Parameter(torch.zeros(n, dtype=dt), requires_grad=bias)
         # cold start: rows / columns with no training entry get no factor term (their W rows
         # never saw data); they are predicted from the biases, or from the training mean
         self.register_buffer("row_seen", torch.ones(m, dtype=torch.bool))
         self.register_buffer("col_seen", torch.ones(n, dtype=torch.bool))
         self.register_buffer("train_mean", torch.zeros((), dtype=dt))
         self._prep = None
+        self._expo = None
+        self.activation_used = None if activation == "auto" else activation
         self.history: list = []
         self.fit_seconds = 0.0
         self.backend_used = None
+        self.stop_reason = None
+        self.interrupted = False
+        self.world_size = 1
+        self.threads_used = None
+        self.tuning_report = None
+        self._opt = None
+        self._sched = None
+        self._best = None
         if device is not None:
             self.to(device)
+
+    def _reconfigure(self, **overrides):
+        """Rebuild the model with some constructor arguments changed (tuning); the arguments
+        the user gave stay as they were and count as explicit."""
+        args = self.config.ctor_args()
+        shape = args.pop("shape")
+        unknown = set(overrides) - set(args)
+        if unknown:
+            raise TypeError(f"_reconfigure: unknown constructor argument(s) {sorted(unknown)}")
+        args.update(overrides)
+        device = self.device
+        self._build(shape, args, self.config.explicit, device)
+        return self
 
     # ------------------------------------------------------------------ structure
     @property
@@ -275,6 +451,11 @@ class DLRL(nn.Module):
     def device(self):
         return self.eta.device
 
+    @property
+    def activation(self):
+        """The block activation in use ("relu" / "none"); "auto" resolves at fit time."""
+        return self.activation_used or ("relu" if self.config.activation == "auto" else self.config.activation)
+
     # ------------------------------------------------------------------ per-data constants
     def _baseline(self, obs: Observations):
         if not self.config.bias:
@@ -282,12 +463,14 @@ class DLRL(nn.Module):
         return self.mu + self.bu[obs.rows] + self.bi[obs.cols]
 
     @torch.no_grad()
-    def _prepare(self, obs: Observations):
+    def _prepare(self, obs: Observations, ctx=None):
         """∇_k, L_k and the three d×d pieces of S_k(η) for the current factors (constants).
 
         Y_k = X_k + t_k ∇_k with t_k = c_k/η, so S_k = Y_kᵀY_k = G0 + t_k G1 + t_k² G2 with
         G0 = X_kᵀX_k, G1 = X_kᵀ∇_k + ∇_kᵀX_k, G2 = ∇_kᵀ∇_k (short side). Stacked over the
-        blocks ([I, d, d]) so that each epoch runs one batched power / pseudo-inverse.
+        blocks ([I, d, d]) so that each epoch runs one batched power. No host sync. Under a
+        distributed context the ∇_k (sums over observed entries) are summed over the ranks
+        before the pieces are formed.
         """
         cfg = self.config
         obs = obs.sorted()
@@ -300,32 +483,33 @@ class DLRL(nn.Module):
         e = dk.masked_residual_sparse(Xs, obs.rows, obs.cols, target, backend=cfg.backend, pattern=pat)
         m, n = cfg.shape
         E = torch.sparse_csr_tensor(pat.crow, pat.cols, e, (m, n), check_invariants=False)
-        grads = dk.chain_grad(Xs, E)
+        grads = [G.to_dense() if G.layout != torch.strided else G for G in dk.chain_grad(Xs, E)]
+        if ctx is not None:
+            ctx.all_reduce_(grads)
         pre, suf = dk.chain_products(Xs)
         sign = 1.0 if cfg.mode == "published" else -1.0  # published steps *up* the loss
-        G0, G1, G2, c, Ls = [], [], [], [], []
+        one = torch.ones((), dtype=self.dtype, device=self.device)
+        G0, G1, G2, Ls = [], [], [], []
         for k in range(cfg.blocks):
+            la = one if pre[k] is None else dk.spectral_norm_sq(pre[k], method="eigh")
+            lb = one if suf[k] is None else dk.spectral_norm_sq(suf[k], method="eigh")
             if cfg.mode == "published":
-                na = 1.0 if pre[k] is None else max(math.sqrt(float(dk.spectral_norm_sq(pre[k], method="eigh"))), 1e-4)
-                nb = 1.0 if suf[k] is None else max(math.sqrt(float(dk.spectral_norm_sq(suf[k], method="eigh"))), 1e-4)
+                # the reference code clamps each spectral norm at 1e-4 before squaring
+                na = one if pre[k] is None else la.sqrt().clamp_min(1e-4)
+                nb = one if suf[k] is None else lb.sqrt().clamp_min(1e-4)
                 L = (na * nb) ** 2
             else:
-                la = 1.0 if pre[k] is None else float(dk.spectral_norm_sq(pre[k], method="eigh"))
-                lb = 1.0 if suf[k] is None else float(dk.spectral_norm_sq(suf[k], method="eigh"))
-                L = max(la * lb, 1e-8)
+                L = (la * lb).clamp_min(1e-8)
             X, G = Xs[k], grads[k]
-            if G.layout != torch.strided:
-                G = G.to_dense()
             if self._transposed(k):
                 X, G = X.t(), G.t()
             XtG = X.t() @ G
             G0.append(X.t() @ X)
             G1.append(XtG + XtG.t())
             G2.append(G.t() @ G)
-            c.append(sign / L)
-            Ls.append(L)
-        prep = {"G0": torch.stack(G0), "G1": torch.stack(G1), "G2": torch.stack(G2),
-                "c": torch.tensor(c, dtype=self.dtype, device=self.device), "L": Ls}
+            Ls.append(L.reshape(()))
+        Lt = torch.stack(Ls).to(self.dtype)
+        prep = {"G0": torch.stack(G0), "G1": torch.stack(G1), "G2": torch.stack(G2), "c": sign / Lt, "L": Lt}
         self._prep = prep
         return prep
 
@@ -336,83 +520,115 @@ class DLRL(nn.Module):
         return self.eta.clamp(lo, 1.0)
 
     def _exponents(self):
-        if getattr(self, "_expo", None) is None or self._expo.device != self.device:
+        if self._expo is None or self._expo.device != self.device or self._expo.dtype != self.dtype:
             ps = torch.tensor(self.ps, dtype=self.dtype, device=self.device)
             self._expo = ((ps - 2.0) / 2.0)[:, None, None]  # published: elementwise (p−2)/2
         return self._expo
 
-    def block_operators(self, prep=None):
-        """The d×d right factors M_k of every block, stacked: X̂_k = ReLU(W_k M_k) (short side).
+    def _gram(self, prep):
+        t = (prep["c"] / self._eta_value())[:, None, None]
+        return prep["G0"] + t * prep["G1"] + (t * t) * prep["G2"]
 
-        paper: M_k = S_k^{(2−p_k)/2} / ‖S_k^{(2−p_k)/2}‖_F (Eq. 23's ½ W G⁺ up to a scale W absorbs);
-        published: M_k = ½ pinv(½ (S_k + st)^{∘(p_k−2)/2}) with the elementwise power.
-        """
-        cfg = self.config
+    def _published_operators(self, S):
+        st = 0.002 * S.diagonal(dim1=-2, dim2=-1).abs().amax(-1)
+        # a negative entry of S gives NaN here (as in the published code); the fit reports it
+        # at its next finiteness check (no host sync per epoch)
+        G = 0.5 * torch.pow(S + st[:, None, None], self._exponents())
+        return 0.5 * dk.pinv(G, method="svd")
+
+    def _need_prep(self, prep):
         prep = self._prep if prep is None else prep
         if prep is None:
             raise RuntimeError("block_outputs: call fit() (or prepare()) first: the factors' gradients are not known yet")
-        t = (prep["c"] / self._eta_value())[:, None, None]
-        S = prep["G0"] + t * prep["G1"] + (t * t) * prep["G2"]
-        if cfg.mode == "published":
-            st = 0.002 * S.diagonal(dim1=-2, dim2=-1).abs().amax(-1)
-            G = 0.5 * torch.pow(S + st[:, None, None], self._exponents())
-            if not bool(torch.isfinite(G).all()):
-                raise FloatingPointError(
-                    "mode='published': the elementwise power (S + st)^((p-2)/2) hit a negative entry of "
-                    "S = YᵀY (the published code has the same failure); use mode='paper' (true matrix power)"
-                )
-            return 0.5 * dk.pinv(G, method="svd")
-        groups = {}
-        for k, p in enumerate(self.ps):
-            groups.setdefault((2.0 - p) / 2.0, []).append(k)
-        if len(groups) == 1:
-            a = next(iter(groups))
-            P = dk.spd_power(S, a, method=cfg.method, backend=cfg.backend)
-        else:
-            parts = [None] * cfg.blocks
-            for a, ks in groups.items():
-                Pa = dk.spd_power(S[ks], a, method=cfg.method, backend=cfg.backend)
-                for j, k in enumerate(ks):
-                    parts[k] = Pa[j]
-            P = torch.stack(parts)
-        return _normalize(P, cfg.normalize)
+        return prep
+
+    def block_operators(self, prep=None):
+        """The d×d right factors M_k of every block, stacked: X̂_k = act(W_k M_k) (short side).
+
+        paper: M_k = S_k^{(2−p_k)/2} / c_k (Eq. 23's ½ W G⁺ up to a scale W absorbs; c_k the
+        normalisation, spectral by default); published: M_k = ½ pinv(½ (S_k + st)^{∘(p_k−2)/2}).
+        """
+        prep = self._need_prep(prep)
+        S = self._gram(prep)
+        if self.config.mode == "published":
+            return self._published_operators(S)
+        cfg = self.config
+        a = [(2.0 - p) / 2.0 for p in self.ps]
+        from dlrl_kernels.ops.lowrank_block import TABLE, block_power
+        from dlrl_kernels.ops.spd_power import resolve_method
+
+        be, _ = TABLE.resolve(cfg.backend, S.device, cuda_ok=False)
+        meths = {resolve_method(cfg.method, ak, S.device, be) for ak in set(a)}
+        return block_power(S, a, cfg.normalize, "eigh" if "eigh" in meths else "newton", None, be)[0]
 
     def block_outputs(self, prep=None):
-        """[X̂_1, …, X̂_I] for the current W, η (differentiable)."""
-        M = self.block_operators(prep)
-        outs = []
-        for k in range(self.config.blocks):
-            if self._transposed(k):
-                outs.append(torch.relu(self.W[k].t() @ M[k]).t())
-            else:
-                outs.append(torch.relu(self.W[k] @ M[k]))
-        return outs
+        """[X̂_1, …, X̂_I] for the current W, η (differentiable): one ``dk.lowrank_block`` call."""
+        prep = self._need_prep(prep)
+        cfg = self.config
+        S = self._gram(prep)
+        if cfg.mode == "published":
+            M = self._published_operators(S)
+            outs = []
+            for k in range(cfg.blocks):
+                if self._transposed(k):
+                    outs.append(torch.relu(self.W[k].t() @ M[k]).t())
+                else:
+                    outs.append(torch.relu(self.W[k] @ M[k]))
+            return outs
+        return dk.lowrank_block(None, list(self.W), self.ps, method=cfg.method, normalize=cfg.normalize,
+                                backend=cfg.backend, S=S, activation=self.activation)
 
     def forward(self, obs: Observations):
         """The training loss J on ``obs`` (an :class:`Observations`, ``.sorted()`` for speed)."""
         return self.loss(obs)
 
+    def _sparse_residual(self, outs, obs: Observations, op_name="masked_residual_sparse"):
+        """e = P_Ω(X̂_1⋯X̂_I) − values through the registered op ``dlrl::masked_residual_sparse``.
+
+        Inside a fit the observations were validated once (``as_observations``) and the
+        factors are the model's own, so the per-call checks of the public wrapper (a scan of
+        every value and factor for NaN/Inf: host syncs every epoch) are skipped by calling
+        the registered op directly; the public ``dk`` wrapper is the fallback (no pattern, or
+        an op of another signature)."""
+        global _RAW_SPARSE_OK
+        pat = obs.pattern
+        if _RAW_SPARSE_OK and pat is not None and len(outs) > 1:
+            try:
+                from dlrl_kernels.ops import masked_residual_sparse as _mrs
+                from dlrl_kernels.ops.chain import outer_factors
+
+                table = _mrs.TABLE if op_name == "masked_residual_sparse" else _mrs.TABLE_LOSS
+                be = table.resolve(self.config.backend, obs.values.device, triton_ok=True, cuda_ok=True)[0]
+                U, V = outer_factors(outs)
+                return torch.ops.dlrl.masked_residual_sparse(U, V.t().contiguous(), obs.rows, obs.cols, obs.values,
+                                                             be, op_name, pat.crow, pat.ccol, pat.col_order,
+                                                             pat.rows_by_col)
+            except (ImportError, AttributeError, TypeError, RuntimeError):
+                _RAW_SPARSE_OK = False
+        return dk.masked_residual_sparse(outs, obs.rows, obs.cols, obs.values, backend=self.config.backend,
+                                         pattern=pat)
+
     def _residual(self, outs, obs: Observations):
-        target = obs.values
-        be = self.config.backend
+        e = self._sparse_residual(outs, obs)
         if not self.config.bias:
-            return dk.masked_residual_sparse(outs, obs.rows, obs.cols, target, backend=be, pattern=obs.pattern)
-        e = dk.masked_residual_sparse(outs, obs.rows, obs.cols, target, backend=be, pattern=obs.pattern)
-        # the biases enter the residual directly (the op does not differentiate its values)
+            return e
+        # the biases enter the residual directly
         return e + (self.mu + self.bu[obs.rows] + self.bi[obs.cols])
 
-    def loss(self, obs: Observations, outs=None):
-        """Training loss J (Eq. 26): ½‖P_Ω(X̂ − X)‖² ("sum") or its per-entry mean."""
+    def loss(self, obs: Observations, outs=None, nnz=None):
+        """Training loss J (Eq. 26): ½‖P_Ω(X̂ − X)‖² ("sum") or its per-entry mean (over
+        ``nnz`` entries: the global count under data-parallel training)."""
         outs = self.block_outputs() if outs is None else outs
-        if not self.config.bias and obs.X is not None and self.config.extra.get("dense", False):
-            J = dk.masked_loss(outs, obs.X, backend=self.config.backend)
-        elif not self.config.bias:
-            J = dk.masked_loss_sparse(outs, obs.rows, obs.cols, obs.values, backend=self.config.backend,
-                                      pattern=obs.pattern)
+        cfg = self.config
+        if not cfg.bias and obs.X is not None and cfg.dense:
+            J = dk.masked_loss(outs, obs.X, backend=cfg.backend)
+        elif not cfg.bias:
+            e = self._sparse_residual(outs, obs, "masked_loss_sparse")
+            J = 0.5 * torch.dot(e, e)
         else:
             e = self._residual(outs, obs)
-            J = 0.5 * (e * e).sum()
-        return J / obs.nnz if self.config.loss == "mean" else J
+            J = 0.5 * torch.dot(e, e)
+        return J / (obs.nnz if nnz is None else nnz) if cfg.loss == "mean" else J
 
     # ------------------------------------------------------------------ prediction
     @torch.no_grad()
@@ -425,14 +641,13 @@ class DLRL(nn.Module):
 
     @torch.no_grad()
     def predict(self, rows, cols):
-        """Predicted entries at (rows, cols); biases added and clipped if configured."""
-        rows = torch.as_tensor(rows, device=self.device).long()
-        cols = torch.as_tensor(cols, device=self.device).long()
+        """Predicted entries at (rows, cols); biases added and clipped if configured. Ids must
+        be integers (or whole-number floats) in range."""
         m, n = self.config.shape
-        if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= m):
-            raise ValueError(f"rows: expected indices in [0, {m}), got range [{int(rows.min())}, {int(rows.max())}]")
-        if cols.numel() and (int(cols.min()) < 0 or int(cols.max()) >= n):
-            raise ValueError(f"cols: expected indices in [0, {n}), got range [{int(cols.min())}, {int(cols.max())}]")
+        rows = _index_tensor(rows, "rows", m, device=self.device)
+        cols = _index_tensor(cols, "cols", n, device=self.device)
+        if rows.numel() != cols.numel():
+            raise ValueError(f"cols: expected as many ids as rows ({rows.numel()}), got {cols.numel()}")
         U, V = self._collapsed()
         pred = (U[rows] * V.t()[cols]).sum(1)
         warm = self._warm(self.row_seen[rows], self.col_seen[cols])
@@ -470,136 +685,473 @@ class DLRL(nn.Module):
             P = P.clamp(*self.config.clip)
         return P
 
-    def schatten_sum(self, outs=None):
-        """Σ_k ‖X̂_k‖_{S_pk}^{pk} (paper Figs. 9–10)."""
+    def _schatten_tensor(self, outs):
         with torch.no_grad():
-            outs = self.block_outputs() if outs is None else outs
             # all blocks' small Grams in one batched eigvalsh (they are d×d whatever m, n are)
             grams = torch.stack([o.t() @ o if o.shape[0] >= o.shape[1] else o @ o.t() for o in outs])
             lam = torch.linalg.eigvalsh(grams.double()).clamp_min(0)
             ps = torch.tensor(self.ps, dtype=torch.float64, device=lam.device)[:, None]
-            return float((lam ** (ps / 2)).sum())
+            return (lam ** (ps / 2)).sum()
+
+    def schatten_sum(self, outs=None):
+        """Σ_k ‖X̂_k‖_{S_pk}^{pk} (paper Figs. 9–10)."""
+        outs = self.block_outputs() if outs is None else outs
+        return float(self._schatten_tensor([o.detach() for o in outs]))
 
     # ------------------------------------------------------------------ training
     def fit(self, X=None, mask=None, rows=None, cols=None, values=None, val=None, epochs=None, lr=None,
             betas=None, weight_decay=None, patience=None, lr_factor=0.1, min_lr_ratio=1e-3, early_stopping=None,
-            progress=True, resume=None, checkpoint=None, checkpoint_every=50, callback=None, track_schatten=True):
+            progress=True, resume=None, checkpoint=None, checkpoint_every=50, callback=None, track_schatten=False,
+            threads=None, distributed="auto", tune="auto", force=False, sync_every=10):
         """Train W_k and η (and the biases) with Adam and a plateau schedule.
 
-        Observations: dense ``X`` (NaN = missing, or with ``mask``) or ``rows, cols, values``.
+        Observations: dense ``X`` (NaN = missing, or with ``mask``) or ``rows, cols, values``
+        (ids: integers, or whole-number floats; 1.9 is refused, never truncated).
         ``val``: optional (rows, cols, values) used for validation RMSE and early stopping.
         Defaults follow the mode: published — 300 epochs, Adam(lr 0.01, betas (0.9, 0.92),
-        weight_decay 0.15), ReduceLROnPlateau(factor 0.1, patience 10) on the training loss,
-        stop when lr < 1e-3·lr₀; paper — the same unless given. ``early_stopping``: stop after
-        this many epochs without a better validation RMSE and restore the best weights.
-        ``resume``: a checkpoint path saved by ``save``/``checkpoint``; training continues
-        exactly where it stopped. Returns the history (one dict per epoch).
+        weight_decay 0.15), plateau schedule (factor 0.1, patience 10) on the training loss,
+        stop when lr < 1e-3·lr₀; paper — the same except weight decay 1.25e-4 per observed entry
+        and patience 5. ``early_stopping``: stop after this many epochs without a better
+        validation RMSE and return exactly the best-validation model (needs ``val``).
+
+        Speed: the epoch runs without host syncs; the loss history stays on the device and is
+        read every ``sync_every`` epochs (also where the stop rule and the loss's finiteness
+        are checked: after the lr falls below the floor the remaining epochs up to that check
+        are frozen — lr 0 — and dropped from the history, so the result equals stopping at
+        once). ``val``, ``callback`` and ``refresh="carry"`` read every epoch.
+        ``track_schatten``: record Σ‖X̂_k‖_{S_p}^p per epoch (an eigvalsh per epoch; off by default).
+
+        Threads (``threads=None``): a fit sets torch's intra-op threads for its own duration
+        (restored after) from the problem size: 1 thread below ``THREADS_MIN_NNZ`` observed
+        entries, else min(2, cores). Measured on the 2-core machine: below that size the ops
+        of an epoch are too small for a second thread to pay for its wake-ups, and with a busy
+        neighbour process OpenMP's spin-waiting makes 2 threads many times slower; ``threads=k``
+        overrides.
+
+        Files: ``checkpoint``: written (atomically, every ``checkpoint_every`` epochs and at
+        the end, by the main rank only); the path is checked before training: an existing file
+        needs ``force=True`` unless it is the ``resume`` file. ``resume``: a checkpoint saved by
+        ``save``/``checkpoint``; training continues exactly where it stopped (bit-exact against
+        an uninterrupted run with the same dtype and threads). Ctrl-C: the epochs done are kept,
+        a final checkpoint is written if one was asked for, ``stop_reason="interrupted"``,
+        ``interrupted=True``, and the KeyboardInterrupt is raised again.
+
+        ``refresh="carry"``: the state with the lowest training loss is kept; if the loss rose
+        above it by the end, that state is restored with a warning.
+
+        ``activation="auto"`` (model): resolved here from the training values — "none" when at
+        least ``SIGNED_FRACTION`` (5 %) of them are negative and 5 % positive, else "relu";
+        recorded in ``activation_used``.
+
+        ``tune``: None/False — no search; True — ``dlrl.tuning.choose`` picks the constructor
+        arguments the user did not fix on a validation part of these training entries, the
+        model is rebuilt with them and fitted on all entries (report in ``tuning_report``);
+        "auto" (default) — tune only in paper mode, when none of rank / weight_decay / bias /
+        p / activation was given, no resume and no distributed run, and ``dlrl.tuning`` exists.
+
+        ``distributed``: "auto"/True/False, see ``dlrl.distributed.context``; under torchrun
+        the observed entries are sharded over the ranks and the per-data constants, gradients
+        and loss are summed over them (``world_size`` records the count).
+
+        Returns the history (one dict per epoch).
         """
-        obs = as_observations(X, mask, rows, cols, values, shape=self.config.shape)
-        if obs.shape != self.config.shape:
-            raise ValueError(f"X: expected shape {self.config.shape} (the model's), got {obs.shape}")
-        obs = obs.to(self.device, self.dtype).sorted()
-        if val is not None:
-            vr, vc, vv = (torch.as_tensor(t, device=self.device) for t in val)
-            val = (vr.long(), vc.long(), vv.to(self.dtype))
-        epochs = 300 if epochs is None else int(epochs)
-        lr = 0.01 if lr is None else float(lr)
-        betas = (0.9, 0.92) if betas is None else tuple(betas)
+        cfg = self.config
+        m, n = cfg.shape
+        given_fit = {k for k, v in (("epochs", epochs), ("lr", lr), ("betas", betas), ("weight_decay", weight_decay),
+                                    ("patience", patience)) if v is not None}
+        epochs = 300 if epochs is None else _int_arg(epochs, "epochs", lo=0)
+        lr = 0.01 if lr is None else _float_arg(lr, "lr", lo=0.0, lo_open=True)
+        if betas is None:
+            betas = (0.9, 0.92)
+        else:
+            try:
+                betas = tuple(float(b) for b in betas)
+            except (TypeError, ValueError):
+                raise ValueError(f"betas: expected two numbers in [0, 1), got {betas!r}") from None
+            if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+                raise ValueError(f"betas: expected two numbers in [0, 1), got {betas!r}")
+        if weight_decay is not None:
+            weight_decay = _float_arg(weight_decay, "weight_decay", lo=0.0)
+        if patience is not None:
+            patience = _int_arg(patience, "patience", lo=0)
+        lr_factor = _float_arg(lr_factor, "lr_factor", lo=0.0, lo_open=True)
+        if lr_factor >= 1:
+            raise ValueError(f"lr_factor: expected a number in (0, 1), got {lr_factor!r}")
+        min_lr_ratio = _float_arg(min_lr_ratio, "min_lr_ratio", lo=0.0)
+        if early_stopping is not None:
+            early_stopping = _int_arg(early_stopping, "early_stopping", lo=1)
+            if val is None:
+                raise ValueError("early_stopping: expected a validation set val=(rows, cols, values) with it, got val=None")
+        checkpoint_every = _int_arg(checkpoint_every, "checkpoint_every", lo=1)
+        sync_every = _int_arg(sync_every, "sync_every", lo=1)
+        if threads is not None:
+            threads = _int_arg(threads, "threads", lo=1)
+        if tune not in (None, True, False, "auto"):
+            raise ValueError(f"tune: expected None, True, False or 'auto', got {tune!r}")
+        if callback is not None and not callable(callback):
+            raise TypeError(f"callback: expected a callable, got {type(callback).__name__}")
+        obs = as_observations(X, mask, rows, cols, values, shape=cfg.shape)
+        if obs.shape != cfg.shape:
+            raise ValueError(f"X: expected shape {cfg.shape} (the model's), got {obs.shape}")
+        val = self._check_val(val)
+        state = None
+        if resume is not None:
+            state = _read_checkpoint(resume, "resume", map_location=self.device)
+            self._check_compatible(state, resume)
+        if checkpoint is not None:
+            same = resume is not None and Path(resume).exists() and Path(resume).resolve() == Path(checkpoint).resolve()
+            from ._io import check_output_path
+
+            check_output_path(checkpoint, "checkpoint", force=bool(force) or same)
+
+        ctx = None
+        if distributed not in (None, False):
+            try:
+                from . import distributed as _dist
+            except ImportError:
+                _dist = None
+            ctx = None if _dist is None else _dist.context(distributed)
+        self.world_size = 1 if ctx is None else int(ctx.world_size)
+
+        prev_threads = torch.get_num_threads()
+        nthreads = threads if threads is not None else _threads_for(obs.nnz)
+        torch.set_num_threads(nthreads)
+        self.threads_used = nthreads
+        try:
+            if state is None and self._want_tune(tune, ctx):
+                epochs = self._tune(obs, epochs, given_fit, dict(lr=lr, betas=betas, weight_decay=weight_decay,
+                                                                  patience=patience), epochs_given="epochs" in given_fit)
+            return self._fit_loop(obs, val, epochs, lr, betas, weight_decay, patience, lr_factor, min_lr_ratio,
+                                  early_stopping, progress, state, checkpoint, checkpoint_every, callback,
+                                  track_schatten, sync_every, ctx)
+        finally:
+            torch.set_num_threads(prev_threads)
+
+    # .................................................................. fit helpers
+    def _check_val(self, val):
+        if val is None:
+            return None
+        m, n = self.config.shape
+        try:
+            vr, vc, vv = val
+        except (TypeError, ValueError):
+            raise ValueError("val: expected a (rows, cols, values) triple") from None
+        vr = _index_tensor(vr, "val rows", m, device=self.device)
+        vc = _index_tensor(vc, "val cols", n, device=self.device)
+        vv = torch.as_tensor(vv, device=self.device).reshape(-1)
+        if not vv.is_floating_point():
+            vv = vv.double()
+        if not (vr.numel() == vc.numel() == vv.numel()) or vr.numel() == 0:
+            raise ValueError(f"val: expected non-empty rows, cols, values of one length, got {vr.numel()}, "
+                             f"{vc.numel()}, {vv.numel()}")
+        if not bool(torch.isfinite(vv).all()):
+            raise ValueError("val: expected finite validation values (no NaN / inf)")
+        return vr, vc, vv.to(self.dtype)
+
+    def _check_compatible(self, state, path):
+        saved = state["config"]
+        mine = self.config.ctor_args()
+        for k in ("shape", "rank", "blocks", "mode", "refresh", "bias", "dtype"):
+            a, b = saved.get(k), mine.get(k)
+            if k == "shape":
+                a, b = tuple(a), tuple(b)
+            if a != b:
+                raise ValueError(f"resume: {path} holds a model with {k}={a!r}, this model has {k}={b!r}")
+
+    def _want_tune(self, tune, ctx):
+        if not tune:
+            return False
+        if tune == "auto":
+            if ctx is not None or self.config.mode != "paper":
+                return False
+            if set(self.config.explicit) & set(TUNABLE):
+                return False
+            try:
+                import importlib.util
+
+                return importlib.util.find_spec("dlrl.tuning") is not None
+            except (ImportError, ValueError):
+                return False
+        return True
+
+    def _tune(self, obs, epochs, given_fit, fit_args, epochs_given):
+        from . import tuning
+
+        cfg_dict = self.config.ctor_args()
+        for k in given_fit:
+            cfg_dict[k] = fit_args.get(k, epochs if k == "epochs" else None)
+        if epochs_given:
+            cfg_dict["epochs"] = epochs
+        explicit = set(self.config.explicit) | set(given_fit)
+        res = tuning.choose(cfg_dict, obs.rows, obs.cols, obs.values, self.config.shape, explicit=explicit,
+                            seed=self.config.seed)
+        overrides = dict(res.get("overrides", {}))
+        if overrides:
+            self._reconfigure(**overrides)
+        self.tuning_report = res.get("report")
+        fk = res.get("fit_kwargs", {}) or {}
+        if "epochs" in fk and not epochs_given:
+            epochs = _int_arg(fk["epochs"], "epochs", lo=0)
+        return epochs
+
+    def _resolve_activation(self, pos_frac, neg_frac):
+        if self.config.activation != "auto":
+            self.activation_used = self.config.activation
+        elif self.config.mode == "published":
+            self.activation_used = "relu"
+        else:
+            signed = pos_frac >= SIGNED_FRACTION and neg_frac >= SIGNED_FRACTION
+            self.activation_used = "none" if signed else "relu"
+        return self.activation_used
+
+    def _fit_loop(self, obs, val, epochs, lr, betas, weight_decay, patience, lr_factor, min_lr_ratio,
+                  early_stopping, progress, state, checkpoint, checkpoint_every, callback, track_schatten,
+                  sync_every, ctx):
+        cfg = self.config
+        m, n = cfg.shape
+        dev, dt = self.device, self.dtype
+        obs = obs.to(dev, dt)
+        obs = ctx.shard(obs) if ctx is not None else obs.sorted()
+        is_main = ctx is None or ctx.is_main
+        # global statistics of the training entries (one reduction under data parallelism)
+        v64 = obs.values.double()
+        stats = torch.stack([v64.sum(), torch.tensor(float(obs.nnz), dtype=torch.float64, device=dev),
+                             (v64 > 0).sum().double(), (v64 < 0).sum().double()])
+        outside = torch.zeros((), dtype=torch.float64, device=dev)
+        if cfg.clip is not None:
+            lo, hi = cfg.clip
+            outside = ((v64 < lo) | (v64 > hi)).sum().double()
+        stats = torch.cat([stats, outside[None]])
+        rc = torch.bincount(obs.rows, minlength=m)
+        cc = torch.bincount(obs.cols, minlength=n)
+        if ctx is not None:
+            ctx.all_reduce_([stats, rc, cc])
+        vsum, nnz_g, npos, nneg, nout = stats.tolist()
+        nnz_g = int(nnz_g)
+        if cfg.clip is not None and nout > 0:
+            frac = nout / nnz_g
+            msg = (f"clip: expected the training values inside {cfg.clip}, got {int(nout)} of {nnz_g} "
+                   f"({100 * frac:.1f} %) outside (values in [{float(v64.min())}, {float(v64.max())}])")
+            if frac > 0.05:
+                raise ValueError(msg)
+            import warnings
+
+            warnings.warn(msg, stacklevel=3)
+        if state is None:
+            self._resolve_activation(npos / nnz_g, nneg / nnz_g)
         if weight_decay is None:
-            weight_decay = self.config.weight_decay
+            weight_decay = cfg.weight_decay
         if weight_decay is None:
             # published: its 0.15. paper: an L2 weight per observed entry (the loss is a sum
             # over the observed entries, so the data term grows with nnz and so must this)
-            weight_decay = 0.15 if self.config.mode == "published" else PAPER_WEIGHT_DECAY_PER_ENTRY * obs.nnz
-        weight_decay = float(weight_decay)
+            weight_decay = 0.15 if cfg.mode == "published" else PAPER_WEIGHT_DECAY_PER_ENTRY * nnz_g
         if patience is None:
-            patience = 10 if self.config.mode == "published" else PAPER_PATIENCE
-        patience = int(patience)
-        state = None
-        if resume is not None:
-            state = torch.load(resume, map_location=self.device, weights_only=False)
-            self.load_state_dict(state["model"])
-            self.history = state["history"]
-        if state is None:
-            with torch.no_grad():
-                m, n = self.config.shape
-                self.row_seen.copy_(torch.bincount(obs.rows, minlength=m) > 0)
-                self.col_seen.copy_(torch.bincount(obs.cols, minlength=n) > 0)
-                self.train_mean.fill_(obs.values.mean())
-                if self.config.bias:
-                    self.mu.fill_(obs.values.mean())
-        params = [p for p in self.parameters() if p.requires_grad]
-        opt = torch.optim.Adam(params, lr=lr, betas=betas, weight_decay=weight_decay)
-        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=lr_factor, patience=patience)
+            patience = 10 if cfg.mode == "published" else PAPER_PATIENCE
+        self.backend_used = _backend_name(cfg.backend, dev)
+
+        # ------------------------------------------------ state: fresh or resumed
+        t_start = time.perf_counter()
         start = 0
-        best = {"rmse": float("inf"), "state": None, "epoch": -1}
+        best = {"rmse": float("inf"), "epoch": -1, "state": None, "prep": None}
         if state is not None:
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-            start = state["epoch"] + 1
-            best = state.get("best", best)
-            self.fit_seconds = state.get("fit_seconds", 0.0)
+            self.load_state_dict(state["model"])
+            self.history = list(state["history"])
+            self.activation_used = state.get("activation") or self.activation
+            start = int(state["epoch"]) + 1
+            self.fit_seconds = float(state.get("fit_seconds", 0.0))
+            if state.get("best"):
+                best = dict(state["best"])
+            prep = state.get("prep")
+            if prep is not None:
+                self._prep = {k: v.to(dev) for k, v in prep.items()}
+            else:
+                self._prepare(obs, ctx)
+        else:
+            self.fit_seconds = 0.0
+            self.history = []
+            with torch.no_grad():
+                self.row_seen.copy_(rc > 0)
+                self.col_seen.copy_(cc > 0)
+                self.train_mean.fill_(vsum / nnz_g)
+                if cfg.bias:
+                    self.mu.fill_(vsum / nnz_g)
         # fit time counts from here: the per-data preparation is part of the fit
-        t0 = time.perf_counter() - self.fit_seconds
-        self._prepare(obs)
-        if state is None and self.config.mode == "paper" and self.config.extra.get("scale_init", True):
-            self._match_scale(obs)
-        self.backend_used = _backend_name(self.config.backend, self.device)
+        t0 = t_start - self.fit_seconds
+        if state is None:
+            self._prepare(obs, ctx)
+            if cfg.mode == "paper" and cfg.scale_init:
+                self._match_scale(obs, ctx)
+
+        params = [p for p in self.parameters() if p.requires_grad]
+        fused = dev.type in ("cpu", "cuda")
+        opt = torch.optim.Adam(params, lr=torch.tensor(lr, dtype=torch.float64, device=dev) if fused else lr,
+                               betas=betas, weight_decay=weight_decay, fused=fused or None)
+        sched = _Plateau(lr, lr_factor, patience, min_lr_ratio * lr, dev)
+        if state is not None and state.get("optimizer") is not None:
+            opt.load_state_dict(state["optimizer"])
+            if state.get("scheduler") is not None:
+                sched.load_state_dict(state["scheduler"])
+        elif state is not None:
+            import warnings
+
+            warnings.warn(f"resume: {state.get('_path')} holds no optimiser state (an old checkpoint); training "
+                          "continues with a fresh Adam state, so it is not an exact continuation", stacklevel=3)
+        self._opt, self._sched = opt, sched
+        adam_lr = opt.param_groups[0]["lr"]
+        if fused:
+            adam_lr.copy_(torch.where(sched.stopped, torch.zeros_like(sched.lr), sched.lr))
+        self._best = best
+        self.stop_reason = "epochs"
+        self.interrupted = False
+        if start > 0 and bool(sched.stopped):
+            self.stop_reason = "lr"
+            return self.history
+
+        carry = cfg.refresh == "carry"
+        carry_best = {"loss": float("inf"), "epoch": -1, "state": None, "prep": None}
+        every_epoch = val is not None or callback is not None or carry
+        pend = []
+        nonfinite = torch.zeros((), dtype=torch.bool, device=dev)
+        snap = [p.detach().clone() for p in params]
         bar = _progress(range(start, epochs), progress)
-        stop_reason = "epochs"
-        for epoch in bar:
-            if self.config.refresh == "carry" and epoch > start:
+        last = start - 1
+
+        def flush():
+            """Read the pending epochs' figures (one host sync), check them, extend the history."""
+            nonlocal pend, snap
+            if not pend:
+                return None
+            k = len(pend)
+            figs = torch.cat([torch.stack([r[1] for r in pend]).double(), torch.stack([r[2] for r in pend]).double(),
+                              torch.stack([r[3] for r in pend]), nonfinite.double()[None],
+                              *([torch.stack([r[4] for r in pend])] if track_schatten else [])]).tolist()
+            J, eta, lrs, bad = figs[:k], figs[k:2 * k], figs[2 * k:3 * k], figs[3 * k]
+            sch = figs[3 * k + 1:] if track_schatten else None
+            recs, stop = [], None
+            for i, r in enumerate(pend):
+                if not math.isfinite(J[i]):
+                    stop = ("nonfinite", r[0], J[i])
+                    break
+                rec = {"epoch": r[0], "train_loss": J[i], "eta": eta[i], "lr": lrs[i], "time": r[5]}
+                if sch is not None:
+                    rec["schatten"] = sch[i]
+                recs.append(rec)
+                if lrs[i] < min_lr_ratio * lr:
+                    stop = ("lr", r[0], None)
+                    break
+            pend = []
+            if stop is not None and stop[0] == "nonfinite":
                 with torch.no_grad():
-                    for k, o in enumerate(self.block_outputs()):
-                        getattr(self, f"X{k}").copy_(o)
-                self._prepare(obs)
-            opt.zero_grad(set_to_none=True)
-            outs = self.block_outputs()
-            J = self.loss(obs, outs)
-            if not torch.isfinite(J):
+                    for p, s in zip(params, snap):
+                        p.copy_(s)
                 raise FloatingPointError(
-                    f"training loss became {float(J)} at epoch {epoch}; try a smaller lr, mode='paper', or float64"
-                )
-            J.backward()
-            opt.step()
-            jv = float(J.detach())
-            sched.step(jv)
-            rec = {"epoch": epoch, "train_loss": jv, "eta": float(self._eta_value().detach()),
-                   "lr": opt.param_groups[0]["lr"], "time": time.perf_counter() - t0}
-            if val is not None:
-                rec["val_rmse"] = rmse(self.predict(val[0], val[1]), val[2])
-                if rec["val_rmse"] < best["rmse"]:
-                    best = {"rmse": rec["val_rmse"], "state": copy.deepcopy(self.state_dict()), "epoch": epoch}
-            if track_schatten:
-                rec["schatten"] = self.schatten_sum([o.detach() for o in outs])
-            self.history.append(rec)
-            if callback is not None:
-                callback(rec)
-            if hasattr(bar, "set_postfix"):
-                bar.set_postfix({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in rec.items() if k in ("train_loss", "val_rmse", "eta")})
+                    f"training loss became {stop[2]} at epoch {stop[1]}; the model is left at epoch "
+                    f"{self.history[-1]['epoch'] if self.history else 'none (initial state)'}; try a smaller lr, "
+                    "mode='paper', or float64" + (" (mode='published': the elementwise power (S + st)^((p-2)/2) "
+                                                   "hits negative entries of S = YᵀY, as in the published code)"
+                                                   if cfg.mode == "published" else ""))
+            del bad
+            self.history.extend(recs)
+            snap = [p.detach().clone() for p in params]
+            return stop
+
+        try:
+            for epoch in bar:
+                if carry and epoch > 0:
+                    with torch.no_grad():
+                        for k, o in enumerate(self.block_outputs()):
+                            getattr(self, f"X{k}").copy_(o)
+                    self._prepare(obs, ctx)
+                opt.zero_grad(set_to_none=True)
+                outs = self.block_outputs()
+                J = self.loss(obs, outs, nnz=nnz_g)
+                J.backward()
+                Jd = J.detach()
+                if ctx is not None:
+                    Jd = Jd.clone()
+                    ctx.all_reduce_([p.grad for p in params] + [Jd])
+                if carry:
+                    jv = float(Jd)
+                    if jv < carry_best["loss"]:  # the state that gave this loss (before the step)
+                        carry_best = {"loss": jv, "epoch": epoch, "state": _clone_state(self.state_dict()),
+                                      "prep": {k: v.clone() for k, v in self._prep.items()}}
+                nonfinite = nonfinite | ~torch.isfinite(Jd)
+                opt.step()
+                sched.step(Jd)
+                if fused:
+                    adam_lr.copy_(torch.where(sched.stopped, torch.zeros_like(sched.lr), sched.lr))
+                else:
+                    opt.param_groups[0]["lr"] = float(sched.lr)
+                sch = self._schatten_tensor([o.detach() for o in outs]) if track_schatten else None
+                pend.append((epoch, Jd, self._eta_value().detach(), sched.lr.clone(), sch,
+                             time.perf_counter() - t0))
+                last = epoch
+                want_ck = checkpoint is not None and (epoch + 1) % checkpoint_every == 0
+                if not (every_epoch or want_ck or (epoch + 1) % sync_every == 0 or epoch == epochs - 1):
+                    continue
+                stop = flush()
+                rec = self.history[-1] if self.history else None
+                if val is not None and rec is not None and rec["epoch"] == epoch:
+                    rec["val_rmse"] = rmse(self.predict(val[0], val[1]), val[2])
+                    if rec["val_rmse"] < best["rmse"]:
+                        best = {"rmse": rec["val_rmse"], "epoch": epoch, "state": _clone_state(self.state_dict()),
+                                "prep": {k: v.clone() for k, v in self._prep.items()}}
+                        self._best = best
+                if callback is not None and rec is not None and rec["epoch"] == epoch:
+                    callback(rec)
+                if hasattr(bar, "set_postfix") and rec is not None:
+                    bar.set_postfix({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in rec.items()
+                                     if k in ("train_loss", "val_rmse", "eta")})
+                self.fit_seconds = time.perf_counter() - t0
+                if want_ck and is_main and stop is None:
+                    self.save(checkpoint)
+                if stop is not None:
+                    self.stop_reason = "lr"
+                    break
+                if early_stopping is not None and epoch - best["epoch"] >= early_stopping:
+                    self.stop_reason = "early_stopping"
+                    break
+        except KeyboardInterrupt:
+            pend = [r for r in pend if r[0] <= last]
+            try:
+                if pend:
+                    flush()
+            except FloatingPointError:
+                pass
             self.fit_seconds = time.perf_counter() - t0
-            if checkpoint is not None and (epoch + 1) % checkpoint_every == 0:
-                self.save(checkpoint, opt, sched, epoch, best)
-            if opt.param_groups[0]["lr"] < min_lr_ratio * lr:
-                stop_reason = "lr"
-                break
-            if early_stopping is not None and val is not None and epoch - best["epoch"] >= early_stopping:
-                stop_reason = "early_stopping"
-                break
+            self.stop_reason = "interrupted"
+            self.interrupted = True
+            if checkpoint is not None and is_main:
+                self.save(checkpoint)
+            raise
         self.fit_seconds = time.perf_counter() - t0
         if early_stopping is not None and best["state"] is not None:
-            self.load_state_dict(best["state"])
-            self._prepare(obs) if self.config.refresh == "fixed" else None
-        self.stop_reason = stop_reason
-        if checkpoint is not None:
-            self.save(checkpoint, opt, sched, self.history[-1]["epoch"] if self.history else -1, best)
+            self._restore(best)
+        if carry and carry_best["state"] is not None and self.history:
+            final = self.history[-1]["train_loss"]
+            if final > carry_best["loss"]:
+                self._restore(carry_best)
+                if final > 1.1 * carry_best["loss"]:
+                    import warnings
+
+                    warnings.warn(f"refresh='carry': the training loss rose from {carry_best['loss']:.6g} (epoch "
+                                  f"{carry_best['epoch']}) to {final:.6g} (epoch {self.history[-1]['epoch']}); "
+                                  f"the state of epoch {carry_best['epoch']} is kept", stacklevel=3)
+                self.stop_reason = "carry_best"
+        if checkpoint is not None and is_main:
+            self.save(checkpoint)
         return self.history
 
     @torch.no_grad()
-    def _match_scale(self, obs: Observations):
+    def _restore(self, snap):
+        self.load_state_dict(snap["state"])
+        self._prep = {k: v.clone() for k, v in snap["prep"].items()}
+
+    @torch.no_grad()
+    def _match_scale(self, obs: Observations, ctx=None):
         """Scale the outer weights so that the initial product fits the data's scale.
 
-        Each X̂_k = ReLU(W_k M_k) is positively homogeneous in W_k, so multiplying W_1 and W_I
+        Each X̂_k = act(W_k M_k) is positively homogeneous in W_k, so multiplying W_1 and W_I
         by √α multiplies the prediction by α; α is the least-squares scalar of the initial
         predictions against the targets on the observed entries. Without it the normalised
         blocks start orders of magnitude below the ratings and Adam spends the first hundred
@@ -609,38 +1161,71 @@ class DLRL(nn.Module):
         e = dk.masked_residual_sparse(outs, obs.rows, obs.cols, torch.zeros_like(obs.values),
                                       backend=self.config.backend, pattern=obs.pattern)
         target = obs.values - (self.mu + self.bu[obs.rows] + self.bi[obs.cols]) if self.config.bias else obs.values
-        pp = float(torch.dot(e, e))
-        alpha = float(torch.dot(e, target)) / pp if pp > 0 else 0.0
+        dots = torch.stack([torch.dot(e, e), torch.dot(e, target)]).double()
+        if ctx is not None:
+            ctx.all_reduce_([dots])
+        pp, pt = dots.tolist()
+        alpha = pt / pp if pp > 0 else 0.0
         if alpha > 0 and math.isfinite(alpha):
             self.W[0].mul_(math.sqrt(alpha))
             self.W[-1].mul_(math.sqrt(alpha))
 
     # ------------------------------------------------------------------ persistence
     def save(self, path, optimizer=None, scheduler=None, epoch=None, best=None):
-        """A checkpoint: config, weights and factors, optimiser and schedule, history."""
-        torch.save({
-            "config": asdict(self.config),
+        """An atomic checkpoint: config, weights and factors, the per-data constants, the
+        optimiser and schedule state of the last fit, the history and the best-validation
+        state — everything ``fit(resume=path)`` needs to continue exactly."""
+        from ._io import atomic_torch_save
+
+        opt = optimizer if optimizer is not None else self._opt
+        sched = scheduler if scheduler is not None else self._sched
+        best = best if best is not None else self._best
+        atomic_torch_save({
+            "format": CHECKPOINT_FORMAT,
+            "version": 2,
+            "config": {**self.config.ctor_args(), "explicit": list(self.config.explicit)},
             "model": self.state_dict(),
-            "optimizer": None if optimizer is None else optimizer.state_dict(),
-            "scheduler": None if scheduler is None else scheduler.state_dict(),
-            "epoch": (self.history[-1]["epoch"] if self.history else -1) if epoch is None else epoch,
+            "optimizer": None if opt is None else opt.state_dict(),
+            "scheduler": None if sched is None else (sched.state_dict() if hasattr(sched, "state_dict") else None),
+            "epoch": (self.history[-1]["epoch"] if self.history else -1) if epoch is None else int(epoch),
             "history": self.history,
             "best": best,
             "fit_seconds": self.fit_seconds,
-            "prep": self._prep,  # per-data constants, so a loaded model can predict at once
-            "version": 1,
+            "prep": self._prep,  # per-data constants: exact resume, and a loaded model predicts at once
+            "activation": self.activation_used,
+            "stop_reason": self.stop_reason,
+            "world_size": self.world_size,
+            "tuning_report": self.tuning_report,
         }, path)
+        return path
 
     @classmethod
     def load(cls, path, device=None):
-        state = torch.load(path, map_location=device or "cpu", weights_only=False)
+        """A model from ``save``/``checkpoint`` (a clear ValueError naming the file if it is
+        missing, truncated, not a checkpoint or not a DLRL one)."""
+        state = _read_checkpoint(path, "path", map_location=device or "cpu")
         cfg = dict(state["config"])
-        extra = cfg.pop("extra", {}) or {}
-        model = cls(**cfg, **extra)
-        model.load_state_dict(state["model"])
-        model.history = state["history"]
-        model.fit_seconds = state.get("fit_seconds", 0.0)
+        explicit = tuple(cfg.pop("explicit", ()) or ())
+        extra = cfg.pop("extra", None) or {}  # version 1 checkpoints
+        for k in ("scale_init", "dense"):
+            if k in extra:
+                cfg[k] = extra[k]
+        shape = cfg.pop("shape")
+        model = cls.__new__(cls)
+        nn.Module.__init__(model)
+        try:
+            model._build(shape, {**_CTOR_DEFAULTS, **cfg}, explicit)
+            model.load_state_dict(state["model"])
+        except (TypeError, ValueError, RuntimeError, KeyError) as err:
+            raise ValueError(f"path: {path} is not a usable DLRL checkpoint ({err})") from None
+        model.history = list(state.get("history") or [])
+        model.fit_seconds = float(state.get("fit_seconds", 0.0) or 0.0)
         model._prep = state.get("prep")
+        model.activation_used = state.get("activation") or model.activation_used
+        model.stop_reason = state.get("stop_reason")
+        model.world_size = state.get("world_size", 1)
+        model.tuning_report = state.get("tuning_report")
+        model._best = state.get("best")
         if device is not None:
             model.to(device)
         return model
@@ -648,24 +1233,91 @@ class DLRL(nn.Module):
     def prepare(self, X=None, mask=None, rows=None, cols=None, values=None):
         """Compute the per-data constants without training (for a loaded model's predict)."""
         obs = as_observations(X, mask, rows, cols, values, shape=self.config.shape).to(self.device, self.dtype)
+        if self.activation_used is None:
+            v = obs.values
+            self._resolve_activation(float((v > 0).double().mean()), float((v < 0).double().mean()))
         self._prepare(obs)
         return self
 
 
-def _normalize(P, how):
-    """Scale-free block output (see module doc): S^a / ‖S^a‖_F, or / its mean eigenvalue."""
-    tiny = torch.finfo(P.dtype).tiny
-    if how == "frobenius":
-        return P / torch.linalg.matrix_norm(P, keepdim=True).clamp_min(tiny)
-    if how == "spectral":
-        # P is PSD: its largest eigenvalue is its spectral norm
-        return P / torch.linalg.matrix_norm(P, ord=2, keepdim=True).clamp_min(tiny)
-    if how == "trace":
-        mean_eig = P.diagonal(dim1=-2, dim2=-1).mean(-1)[..., None, None]
-        return P / mean_eig.clamp_min(tiny)
-    if how in (None, "none"):
-        return P
-    raise ValueError(f"normalize: expected 'frobenius', 'spectral', 'trace' or 'none', got {how!r}")
+CHECKPOINT_FORMAT = "dlrl-checkpoint"
+_RAW_SPARSE_OK = True
+_CHECKPOINT_KEYS = ("config", "model", "history", "epoch")
+
+
+def _read_checkpoint(path, name, map_location="cpu"):
+    """Load and check a DLRL checkpoint; every failure is a ValueError naming the file."""
+    p = Path(path)
+    if not p.exists():
+        raise ValueError(f"{name}: {path} does not exist")
+    if p.is_dir():
+        raise ValueError(f"{name}: {path} is a folder, expected a checkpoint file")
+    try:
+        state = torch.load(p, map_location=map_location, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - truncated zip, garbage, foreign pickle: one clear message
+        raise ValueError(f"{name}: {path} is not a readable DLRL checkpoint ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0][:200] if str(err) else 'no detail'})") from None
+    if not isinstance(state, dict) or any(k not in state for k in _CHECKPOINT_KEYS):
+        keys = sorted(state)[:8] if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"{name}: {path} is not a DLRL checkpoint (expected the keys {list(_CHECKPOINT_KEYS)}, "
+                         f"got {keys})")
+    if not isinstance(state["config"], dict) or "shape" not in state["config"]:
+        raise ValueError(f"{name}: {path} is not a DLRL checkpoint (no model configuration)")
+    state["_path"] = str(path)
+    return state
+
+
+def _clone_state(sd):
+    return {k: v.detach().clone() for k, v in sd.items()}
+
+
+class _Plateau:
+    """``ReduceLROnPlateau(mode="min", threshold=1e-4 relative, cooldown=0)`` kept on the
+    device (no host sync per epoch), plus the stop rule lr < ``min_lr``.
+
+    Same decisions as torch's scheduler: an epoch is better when J < best·(1 − 1e-4); after
+    more than ``patience`` epochs without one the lr is multiplied by ``factor`` (if that
+    changes it by more than 1e-8) and the count restarts.
+    """
+
+    def __init__(self, lr, factor, patience, min_lr, device):
+        f64 = dict(dtype=torch.float64, device=device)
+        self.lr = torch.tensor(float(lr), **f64)
+        self.best = torch.tensor(float("inf"), **f64)
+        self.bad = torch.zeros((), dtype=torch.int64, device=device)
+        self.stopped = torch.zeros((), dtype=torch.bool, device=device)
+        self.factor, self.patience, self.min_lr = float(factor), int(patience), float(min_lr)
+
+    def step(self, J):
+        J = J.double()
+        better = J < self.best * (1.0 - 1e-4)
+        self.best = torch.where(better, J, self.best)
+        bad = torch.where(better, torch.zeros_like(self.bad), self.bad + 1)
+        reduce = bad > self.patience
+        new = self.lr * self.factor
+        self.lr = torch.where(reduce & (self.lr - new > 1e-8), new, self.lr)
+        self.bad = torch.where(reduce, torch.zeros_like(bad), bad)
+        self.stopped = self.stopped | (self.lr < self.min_lr)
+
+    def state_dict(self):
+        return {"lr": self.lr.clone(), "best": self.best.clone(), "bad": self.bad.clone(),
+                "stopped": self.stopped.clone(), "factor": self.factor, "patience": self.patience,
+                "min_lr": self.min_lr}
+
+    def load_state_dict(self, sd):
+        dev = self.lr.device
+        self.lr = sd["lr"].to(dev, torch.float64)
+        self.best = sd["best"].to(dev, torch.float64)
+        self.bad = sd["bad"].to(dev)
+        self.stopped = sd["stopped"].to(dev)
+
+
+def _threads_for(nnz):
+    """Intra-op threads for a fit with ``nnz`` observed entries (see ``DLRL.fit``)."""
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return 1 if nnz < THREADS_MIN_NNZ else max(1, min(2, cores))
 
 
 def _backend_name(backend, device):
