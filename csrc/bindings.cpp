@@ -76,29 +76,9 @@ void check_len(const Tensor& t, int64_t n, const char* op, const char* name, con
 }
 
 // Batched square matrices (B, d, d) with d <= kMaxSmallDim.
-void check_batched_square(const Tensor& t, const char* op, const char* name) {
-  check_float(t, op, name, 3);
-  TORCH_CHECK(t.size(1) == t.size(2), "dlrl::", op, ": ", name,
-              " must be a batch of square matrices (B, d, d), got shape ", t.sizes());
-  TORCH_CHECK(t.size(2) <= dlrl::cuda::kMaxSmallDim, "dlrl::", op, ": ", name, " must have d <= ",
-              dlrl::cuda::kMaxSmallDim, ", got d = ", t.size(2));
-}
-
-void check_iters(int64_t iters, const char* op) {
-  TORCH_CHECK(iters >= 0 && iters <= 0x7fffffff, "dlrl::", op,
-              ": iters must be in [0, 2^31), got ", iters);
-}
-
 void check_launch(cudaError_t err, const char* op) {
   TORCH_CHECK(err == cudaSuccess, "dlrl::", op, ": CUDA kernel launch failed: ",
               cudaGetErrorString(err));
-}
-
-// DLRL_CUDA_FORCE_GLOBAL_WS=1 makes the iterative small-matrix kernels use the global-memory
-// working set even when shared memory would fit (benchmarks; tests of both paths).
-bool force_global_workspace() {
-  const char* v = std::getenv("DLRL_CUDA_FORCE_GLOBAL_WS");
-  return v != nullptr && v[0] != '\0' && std::strcmp(v, "0") != 0;
 }
 
 cudaStream_t current_stream(const Tensor& t) {
@@ -248,75 +228,6 @@ Tensor gram_batched(const Tensor& Y) {
   return S;
 }
 
-std::tuple<Tensor, Tensor> ns_sqrt_coupled(const Tensor& A, int64_t iters) {
-  constexpr const char* op = "ns_sqrt_coupled";
-  check_batched_square(A, op, "A");
-  check_iters(iters, op);
-  const int64_t B = A.size(0), d = A.size(1);
-  const bool force_global = force_global_workspace();
-  const c10::cuda::CUDAGuard guard(A.device());
-  Tensor Y = at::empty_like(A);
-  Tensor Z = at::empty_like(A);
-  cudaError_t err = cudaSuccess;
-  AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "dlrl::ns_sqrt_coupled", [&] {
-    const int64_t ws_elems =
-        dlrl::cuda::ns_sqrt_workspace_elems(B, d, sizeof(scalar_t), force_global);
-    Tensor ws = at::empty({ws_elems}, A.options());
-    err = dlrl::cuda::ns_sqrt_coupled<scalar_t>(
-        A.data_ptr<scalar_t>(), B, d, iters, Y.data_ptr<scalar_t>(), Z.data_ptr<scalar_t>(),
-        ws_elems > 0 ? ws.data_ptr<scalar_t>() : nullptr, force_global, current_stream(A));
-  });
-  check_launch(err, op);
-  return {Y, Z};
-}
-
-std::tuple<Tensor, Tensor> ns_pinv(const Tensor& A, const Tensor& alpha, int64_t iters,
-                                   double arm_ratio) {
-  constexpr const char* op = "ns_pinv";
-  check_batched_square(A, op, "A");
-  check_float(alpha, op, "alpha", 1);
-  check_like(A, "A", alpha, op, "alpha", true);
-  check_len(alpha, A.size(0), op, "alpha", "one per matrix of A");
-  check_iters(iters, op);
-  TORCH_CHECK(arm_ratio >= 0.0, "dlrl::", op, ": arm_ratio must be >= 0, got ", arm_ratio);
-  const int64_t B = A.size(0), d = A.size(1);
-  const bool force_global = force_global_workspace();
-  const c10::cuda::CUDAGuard guard(A.device());
-  Tensor X = at::empty_like(A);
-  Tensor used = at::empty({B}, A.options().dtype(at::kInt));
-  cudaError_t err = cudaSuccess;
-  AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "dlrl::ns_pinv", [&] {
-    const int64_t ws_elems =
-        dlrl::cuda::ns_pinv_workspace_elems(B, d, sizeof(scalar_t), force_global);
-    Tensor ws = at::empty({ws_elems}, A.options());
-    err = dlrl::cuda::ns_pinv<scalar_t>(A.data_ptr<scalar_t>(), alpha.data_ptr<scalar_t>(), B, d,
-                                        iters, arm_ratio, X.data_ptr<scalar_t>(),
-                                        used.data_ptr<int32_t>(),
-                                        ws_elems > 0 ? ws.data_ptr<scalar_t>() : nullptr,
-                                        force_global, current_stream(A));
-  });
-  check_launch(err, op);
-  return {X, used};
-}
-
-Tensor power_iteration(const Tensor& S, int64_t iters) {
-  constexpr const char* op = "power_iteration";
-  check_batched_square(S, op, "S");
-  check_iters(iters, op);
-  const int64_t B = S.size(0), d = S.size(1);
-  const bool force_global = force_global_workspace();
-  const c10::cuda::CUDAGuard guard(S.device());
-  Tensor lam = at::empty({B}, S.options());
-  cudaError_t err = cudaSuccess;
-  AT_DISPATCH_FLOATING_TYPES(S.scalar_type(), "dlrl::power_iteration", [&] {
-    err = dlrl::cuda::power_iteration<scalar_t>(S.data_ptr<scalar_t>(), B, d, iters,
-                                                lam.data_ptr<scalar_t>(), force_global,
-                                                current_stream(S));
-  });
-  check_launch(err, op);
-  return lam;
-}
-
 }  // namespace
 
 // Schemas: keep in sync with the fake (meta) implementations in dlrl_kernels/_cuda.py.
@@ -332,11 +243,6 @@ TORCH_LIBRARY(dlrl, m) {
       "sparse_grad_cols_atomic(Tensor rows, Tensor cols, Tensor e, Tensor U, int n,"
       " float scale=1.0) -> Tensor");
   m.def("gram_batched(Tensor Y) -> Tensor");
-  m.def("ns_sqrt_coupled(Tensor A, int iters) -> (Tensor Y, Tensor Z)");
-  m.def(
-      "ns_pinv(Tensor A, Tensor alpha, int iters, float arm_ratio=0.01)"
-      " -> (Tensor X, Tensor iters_used)");
-  m.def("power_iteration(Tensor S, int iters) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(dlrl, CUDA, m) {
@@ -345,9 +251,6 @@ TORCH_LIBRARY_IMPL(dlrl, CUDA, m) {
   m.impl("sparse_grad_cols", &sparse_grad_cols);
   m.impl("sparse_grad_cols_atomic", &sparse_grad_cols_atomic);
   m.impl("gram_batched", &gram_batched);
-  m.impl("ns_sqrt_coupled", &ns_sqrt_coupled);
-  m.impl("ns_pinv", &ns_pinv);
-  m.impl("power_iteration", &power_iteration);
 }
 
 // `from dlrl_kernels import _C` needs a module init function; the module itself is empty:

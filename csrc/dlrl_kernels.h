@@ -70,44 +70,5 @@ template <typename scalar_t>
 cudaError_t gram_batched(const scalar_t* Y, int64_t B, int64_t r, int64_t d, scalar_t* S,
                          cudaStream_t stream);
 
-// Working-set placement for the iterative kernels (see csrc/README.md, "shared or global").
-// Returns how many scalar_t elements of global workspace the caller must pass to the matching
-// launcher: 0 when the working set fits in (opt-in) shared memory on the current device and
-// force_global is false, B * (matrices per block) * d * d otherwise. Needs the current device
-// to be set (it queries its shared-memory limit).
-int64_t ns_sqrt_workspace_elems(int64_t B, int64_t d, size_t elem_size, bool force_global);
-int64_t ns_pinv_workspace_elems(int64_t B, int64_t d, size_t elem_size, bool force_global);
-
-// Coupled Newton-Schulz square root. A (B, d, d) symmetric, spectrum in [0, 1].
-//   Y0 = A, Z0 = I;  repeat iters times: T = (3I - Z Y) / 2;  Y <- Y T;  Z <- T Z.
-// Y_out ~ A^{1/2}, Z_out ~ A^{-1/2} on the range of A (on its null space Z grows like 1.5^k).
-template <typename scalar_t>
-cudaError_t ns_sqrt_coupled(const scalar_t* A, int64_t B, int64_t d, int64_t iters,
-                            scalar_t* Y_out, scalar_t* Z_out, scalar_t* workspace,
-                            bool force_global, cudaStream_t stream);
-
-// Newton-Schulz pseudo-inverse with a per-matrix stop rule. A (B, d, d) symmetric PSD,
-// alpha (B,) with 0 < alpha < 2 / lambda_max^2.
-//   X0 = alpha A;  repeat at most iters times: Xn = 2X - X A X,  step = ||Xn - X||_F.
-// Stop rule (per matrix): once armed, the first step that does not decrease (>= the previous
-// one) is rejected and the matrix stops, keeping the previous iterate (the one with the
-// smallest step since arming). The rule arms when step <= arm_ratio * (largest step so far)
-// or step <= 64 * eps(scalar_t) * ||Xn||_F (already at rounding level); with arm_ratio >= 1
-// it is armed from the first step (the plain "stop when the step grows" rule). A zero step
-// also stops. X_out gets the kept iterate, iters_out the number k of updates in it
-// (X_out = X_k, 0 <= k <= iters). Why the arming: see small_matrix.cu / csrc/README.md.
-template <typename scalar_t>
-cudaError_t ns_pinv(const scalar_t* A, const scalar_t* alpha, int64_t B, int64_t d,
-                    int64_t iters, double arm_ratio, scalar_t* X_out, int32_t* iters_out,
-                    scalar_t* workspace, bool force_global, cudaStream_t stream);
-
-// Largest eigenvalue of symmetric PSD S (B, d, d) by power iteration: `iters` normalised
-// products from the fixed start vector (README: v0_i = 1 + 0.01 * (frac(i * 0.618...) - 0.5),
-// normalised), then the Rayleigh quotient v^T S v -> lambda (B,). Needs no workspace: S is
-// staged in shared memory when it fits, read from global memory otherwise.
-template <typename scalar_t>
-cudaError_t power_iteration(const scalar_t* S, int64_t B, int64_t d, int64_t iters,
-                            scalar_t* lambda_out, bool force_global, cudaStream_t stream);
-
 }  // namespace cuda
 }  // namespace dlrl

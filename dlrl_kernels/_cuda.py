@@ -34,9 +34,6 @@ OPS = (
     "sparse_grad_cols",
     "sparse_grad_cols_atomic",
     "gram_batched",
-    "ns_sqrt_coupled",
-    "ns_pinv",
-    "power_iteration",
 )
 
 AVAILABLE: bool = False
@@ -88,7 +85,11 @@ AVAILABLE, UNAVAILABLE_REASON = _load()
 
 def has_op(name: str) -> bool:
     """Whether the extension is loaded and provides ``torch.ops.dlrl.<name>``."""
-    return AVAILABLE and name in OPS
+    return AVAILABLE and (name in OPS or name in COMPOSITES)
+
+
+#: composite entry points built here from the raw ops, and the raw ops each one needs
+COMPOSITES = {"sparse_rq": ("sparse_grad_rows", "sparse_grad_cols", "sparse_grad_cols_atomic")}
 
 
 def _op(name: str):
@@ -128,22 +129,33 @@ def gram_batched(Y):
     return _op("gram_batched")(Y)
 
 
-def ns_sqrt_coupled(A, iters: int):
-    """(Y, Z) ≈ (A^½, A^-½ on the range) by coupled Newton–Schulz; A (B,d,d) symmetric with
-    spectrum in [0, 1] (the caller scales), fixed ``iters``."""
-    return _op("ns_sqrt_coupled")(A, int(iters))
+def sparse_rq(U, Vt, rows, cols, e, scale, m: int, n: int):
+    """(R, Q) of the sparse chain gradient from COO entries in any order (the backend primitive
+    of ``ops.masked_residual_sparse``): R[i] = scale·Σ_{rows_k=i} e_k Vt[cols_k] by the
+    compressed-row kernel (CSR order; a stable sort by row first unless ``rows`` is already
+    sorted, e.g. a ``SparsePattern``), Q[j] = scale·Σ_{cols_k=j} e_k U[rows_k] by the CSC kernel
+    under ``torch.are_deterministic_algorithms_enabled()``, by atomics otherwise.
 
-
-def ns_pinv(A, alpha, iters: int, arm_ratio: float = 0.01):
-    """(X, iters_used): Newton–Schulz pseudo-inverse of symmetric PSD A (B,d,d), X0 = alpha·A
-    (alpha (B,), 0 < alpha < 2/λ_max²), at most ``iters`` steps, per-matrix stop rule (see
-    csrc/README.md); iters_used int32 (B,)."""
-    return _op("ns_pinv")(A, alpha, int(iters), float(arm_ratio))
-
-
-def power_iteration(S, iters: int):
-    """λ_max (B,) of symmetric PSD S (B,d,d): ``iters`` power steps + Rayleigh quotient."""
-    return _op("power_iteration")(S, int(iters))
+    ``scale`` may be a number or a 1-element tensor (it is folded into e, no host read).
+    """
+    idx_t = torch.int32 if rows.dtype == torch.int32 and cols.dtype == torch.int32 else torch.int64
+    rows_i, cols_i = rows.to(idx_t), cols.to(idx_t)
+    es = (e * scale).contiguous() if isinstance(scale, torch.Tensor) or float(scale) != 1.0 else e.contiguous()
+    nnz = rows_i.numel()
+    if nnz > 1 and not bool((rows_i[1:] >= rows_i[:-1]).all()):
+        perm = torch.argsort(rows_i, stable=True)
+        r_sorted, c_r, e_r = rows_i[perm], cols_i[perm], es[perm]
+    else:
+        r_sorted, c_r, e_r = rows_i, cols_i, es
+    row_ptr = torch._convert_indices_from_coo_to_csr(r_sorted, int(m), out_int32=idx_t == torch.int32)
+    R = sparse_grad_rows(row_ptr, c_r.contiguous(), e_r.contiguous(), Vt.contiguous(), 1.0)
+    if torch.are_deterministic_algorithms_enabled():
+        cperm = torch.argsort(cols_i, stable=True)
+        col_ptr = torch._convert_indices_from_coo_to_csr(cols_i[cperm], int(n), out_int32=idx_t == torch.int32)
+        Q = sparse_grad_cols(col_ptr, rows_i[cperm].contiguous(), es[cperm].contiguous(), U.contiguous(), 1.0)
+    else:
+        Q = sparse_grad_cols_atomic(rows_i, cols_i, es, U.contiguous(), int(n), 1.0)
+    return R, Q
 
 
 # --------------------------------------------------------------------------------------------
@@ -181,18 +193,6 @@ def _register_fakes(ns: str = "dlrl", lib=None) -> None:
     @register("dlrl::gram_batched")
     def _(Y):
         return Y.new_empty((Y.shape[0], Y.shape[2], Y.shape[2]))
-
-    @register("dlrl::ns_sqrt_coupled")
-    def _(A, iters):
-        return A.new_empty(A.shape), A.new_empty(A.shape)
-
-    @register("dlrl::ns_pinv")
-    def _(A, alpha, iters, arm_ratio=0.01):
-        return A.new_empty(A.shape), A.new_empty((A.shape[0],), dtype=torch.int32)
-
-    @register("dlrl::power_iteration")
-    def _(S, iters):
-        return S.new_empty((S.shape[0],))
 
 
 if AVAILABLE:

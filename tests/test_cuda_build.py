@@ -72,10 +72,11 @@ def test_wrappers_raise_with_the_reason_when_unavailable():
     with pytest.raises(RuntimeError, match="unavailable"):
         _cuda.gram_batched(x[None])
     try:
-        _cuda.power_iteration(x[None], 3)
+        _cuda.sparse_grad_cols_atomic(x.long()[0], x.long()[0], x[0], x, 2)
     except RuntimeError as exc:
         assert _cuda.UNAVAILABLE_REASON in str(exc)
     assert not _cuda.has_op("sparse_residual")
+    assert not _cuda.has_op("sparse_rq")
 
 
 def test_dispatch_reports_the_same_status():
@@ -132,14 +133,6 @@ def test_fake_implementations_match_the_schemas():
             assert Q.shape == (6, 5)
             S = ops.gram_batched(torch.empty(3, 40, 9, dtype=f32))
             assert S.shape == (3, 9, 9) and S.dtype == f32
-            A = torch.empty(3, 9, 9, dtype=f32)
-            Y, Z = ops.ns_sqrt_coupled(A, 5)
-            assert Y.shape == Z.shape == (3, 9, 9)
-            X, used = ops.ns_pinv(A, torch.empty(3, dtype=f32), 30)
-            assert X.shape == (3, 9, 9) and used.shape == (3,) and used.dtype == torch.int32
-            X, used = ops.ns_pinv(A, torch.empty(3, dtype=f32), 30, 1.0)
-            lam = ops.power_iteration(A, 10)
-            assert lam.shape == (3,) and lam.dtype == f32
     finally:
         lib._destroy()
 
@@ -259,28 +252,8 @@ def test_argument_errors_name_the_argument():
         _cuda.sparse_residual(U, Vt, rows, cols, vals[:-1])
     with pytest.raises(RuntimeError, match="U must be contiguous"):
         _cuda.sparse_residual(U.t().contiguous().t(), Vt, rows, cols, vals)
-    with pytest.raises(RuntimeError, match="A must have d <= 128"):
-        _cuda.ns_sqrt_coupled(torch.zeros(1, 129, 129, device=DEV), 3)
-    with pytest.raises(RuntimeError, match="alpha must have 2 entries"):
-        _cuda.ns_pinv(torch.zeros(2, 4, 4, device=DEV), torch.ones(3, device=DEV), 3)
-
-
-def _spd(B, d, dtype, spectrum, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    Q, _ = torch.linalg.qr(torch.randn(B, d, d, generator=g, dtype=torch.float64))
-    ev = spectrum(d).to(torch.float64)
-    A = (Q * ev) @ Q.transpose(1, 2)
-    A = 0.5 * (A + A.transpose(1, 2))
-    return A.to(dtype).to(DEV), Q.to(DEV), ev.to(DEV)
-
-
-@pytest.fixture(params=["shared", "global"])
-def workspace_path(request, monkeypatch):
-    if request.param == "global":
-        monkeypatch.setenv("DLRL_CUDA_FORCE_GLOBAL_WS", "1")
-    else:
-        monkeypatch.delenv("DLRL_CUDA_FORCE_GLOBAL_WS", raising=False)
-    return request.param
+    with pytest.raises(RuntimeError, match="Y must have d <= 128"):
+        _cuda.gram_batched(torch.zeros(1, 3, 129, device=DEV))
 
 
 @gpu
@@ -298,72 +271,28 @@ def test_gram_batched(dtype, d, r):
 @gpu
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("d", [1, 6, 32, 64, 128])
-def test_ns_sqrt_coupled(dtype, d, workspace_path):
-    A, Q, ev = _spd(4, d, dtype, lambda k: torch.linspace(0.2, 1.0, k))
-    Y, Z = _cuda.ns_sqrt_coupled(A, 12)
-    sq = (Q * ev.sqrt()) @ Q.transpose(1, 2)
-    isq = (Q * ev.rsqrt()) @ Q.transpose(1, 2)
-    tol = dict(rtol=1e-3, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-9, atol=1e-10)
-    torch.testing.assert_close(Y.double(), sq, **tol)
-    torch.testing.assert_close(Z.double(), isq, **tol)
-    Y0, Z0 = _cuda.ns_sqrt_coupled(A, 0)
-    assert torch.equal(Y0, A) and torch.equal(Z0, torch.eye(d, dtype=dtype, device=DEV).expand_as(A))
-
-
-@gpu
-@pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("d", [5, 32, 64, 128])
-@pytest.mark.parametrize("rank_deficient", [False, True])
-def test_ns_pinv_converges_and_stops(dtype, d, rank_deficient, workspace_path):
-    def spectrum(k):
-        ev = torch.logspace(0, -1.5, k)
-        if rank_deficient:
-            ev[k // 2:] = 0
-        return ev
-
-    A, Q, ev = _spd(3, d, dtype, spectrum)
-    lam = ev.max()
-    alpha = torch.full((3,), float(1.0 / lam**2), dtype=dtype, device=DEV)
-    iters = 200
-    X, used = _cuda.ns_pinv(A, alpha, iters)
-    inv = torch.where(ev > 0, 1.0 / ev.clamp_min(1e-300), torch.zeros_like(ev))
-    P = (Q * inv) @ Q.transpose(1, 2)
-    err = (X.double() - P).flatten(1).norm(dim=1) / P.flatten(1).norm(dim=1)
-    assert used.dtype == torch.int32 and used.shape == (3,)
-    assert bool((used > 0).all()) and bool((used < iters).all()), used  # stopped by the rule
-    assert float(err.max()) < (1e-3 if dtype == torch.float32 else 1e-9), err
-
-
-@gpu
-@pytest.mark.gpu
-def test_ns_pinv_plain_rule_and_zero_iters():
-    A, _, _ = _spd(2, 16, torch.float64, lambda k: torch.linspace(0.5, 1.0, k))
-    alpha = torch.ones(2, dtype=torch.float64, device=DEV)
-    X0, used0 = _cuda.ns_pinv(A, alpha, 0)
-    assert torch.equal(X0, A) and torch.equal(used0, torch.zeros(2, dtype=torch.int32, device=DEV))
-    # arm_ratio >= 1: armed from the first step (the literal "stop once the step grows")
-    X, used = _cuda.ns_pinv(A, alpha, 100, 1.0)
-    assert bool((used >= 1).all())
-    Z = torch.zeros(1, 8, 8, dtype=torch.float64, device=DEV)
-    Xz, usedz = _cuda.ns_pinv(Z, torch.ones(1, dtype=torch.float64, device=DEV), 50)
-    assert torch.equal(Xz, Z) and int(usedz) == 1  # zero step stops at once
-
-
-@gpu
-@pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("d", [1, 2, 17, 64, 128])
-def test_power_iteration(dtype, d, workspace_path):
-    # eigen-gap 2x, so 300 steps are converged far below the float64 tolerance
-    A, _, ev = _spd(5, d, dtype, lambda k: torch.cat([torch.linspace(0.1, 0.5, k - 1), torch.ones(1)]) * 7.0)
-    lam = _cuda.power_iteration(A, 300)
-    ref = torch.linalg.eigvalsh(A.double())[:, -1]
-    torch.testing.assert_close(lam.double(), ref, rtol=1e-4 if dtype == torch.float32 else 1e-8, atol=0)
-    # symmetric case: top eigenvector (1, -1)/sqrt(2) is orthogonal to the all-ones vector
-    S = torch.tensor([[[1.0, -1.0], [-1.0, 1.0]]], dtype=dtype, device=DEV)
-    torch.testing.assert_close(_cuda.power_iteration(S, 50).double().cpu(), torch.tensor([2.0], dtype=torch.float64), rtol=1e-5, atol=0)
+@pytest.mark.parametrize("idx", [torch.int32, torch.int64])
+@pytest.mark.parametrize("sort", [False, True])
+def test_sparse_rq_composite_matches_index_add(dtype, idx, sort):
+    """_cuda.sparse_rq (compressed rows + atomic or CSC columns): the CUDA entry of the sparse
+    op's dispatch table, against index_add_ in float64."""
+    U, Vt, rows, cols, vals = _problem(30, 20, 33, 400, dtype, idx)
+    if sort:
+        o = torch.argsort(rows.long() * 20 + cols.long())
+        rows, cols = rows[o], cols[o]
+    e = torch.randn(rows.numel(), dtype=dtype, device=DEV)
+    for det in (False, True):
+        torch.use_deterministic_algorithms(det)
+        try:
+            R, Q = _cuda.sparse_rq(U, Vt, rows, cols, e, 0.5, 30, 20)
+        finally:
+            torch.use_deterministic_algorithms(False)
+        r64, c64, e64 = rows.long(), cols.long(), 0.5 * e.double()
+        Rr = torch.zeros(30, 33, dtype=torch.float64, device=DEV).index_add_(0, r64, e64[:, None] * Vt.double()[c64])
+        Qr = torch.zeros(20, 33, dtype=torch.float64, device=DEV).index_add_(0, c64, e64[:, None] * U.double()[r64])
+        tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(R.double(), Rr, **tol)
+        torch.testing.assert_close(Q.double(), Qr, **tol)
 
 
 @gpu

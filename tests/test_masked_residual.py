@@ -74,3 +74,23 @@ def test_backward_matches_autograd_reference(gen):
     (0.5 * (torch.where(mask, product(b) - X, torch.zeros(())) ** 2).sum()).backward()
     for x, y in zip(a, b):
         torch.testing.assert_close(x.grad, y.grad)
+
+
+def test_dense_X_is_differentiated_and_bad_input_is_named(gen):
+    from torch.autograd import gradcheck
+
+    m, n, d = 6, 5, 3
+    U = torch.randn(m, d, generator=gen, dtype=torch.float64, requires_grad=True)
+    V = torch.randn(d, n, generator=gen, dtype=torch.float64, requires_grad=True)
+    X = torch.randn(m, n, generator=gen, dtype=torch.float64, requires_grad=True)
+    mask = torch.rand(m, n, generator=gen) < 0.6
+    assert gradcheck(lambda a, b, x: dk.masked_loss([a, b], x, mask), (U, V, X))
+    assert gradcheck(lambda a, b, x: dk.masked_residual([a, b], x, mask), (U, V, X))
+    bad = U.detach().clone()
+    bad[0, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"factors\[0\]: expected finite"):
+        dk.masked_loss([bad, V], X, mask)
+    Xi = X.detach().clone()
+    Xi[1, 1] = -float("inf")
+    with pytest.raises(ValueError, match="X: expected finite"):
+        dk.masked_loss([U, V], Xi, mask)

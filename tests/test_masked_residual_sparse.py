@@ -120,3 +120,54 @@ def test_pattern_misuse_is_a_clear_error(gen):
         dk.masked_loss_sparse(chain(gen, [8, 3, 9]), pat.rows, pat.cols, v, pattern=pat)
     with pytest.raises(ValueError, match="rows"):
         dk.sparse_pattern(torch.tensor([7]), torch.tensor([0]), (7, 9))
+
+
+# ----------------------------------------------------------------------------- values, bad input, compile
+@pytest.mark.parametrize("I", [1, 2, 3])
+def test_values_are_differentiated(gen, I):
+    """∂e/∂values = −1: the gradient reaches values (it used to be dropped silently)."""
+    fs, X, mask, r, c, v = case(gen, 7, 6, I, d=3)
+    v = v.clone().requires_grad_()
+    fs = [f.requires_grad_() for f in fs]
+    assert gradcheck(lambda vv, *f: dk.masked_loss_sparse(list(f), r, c, vv), (v, *fs))
+    assert gradcheck(lambda vv, *f: dk.masked_residual_sparse(list(f), r, c, vv), (v, *fs))
+    e = dk.masked_residual_sparse([f.detach() for f in fs], r, c, v)
+    (gv,) = torch.autograd.grad(0.5 * (e * e).sum(), v)
+    torch.testing.assert_close(gv, -e.detach())
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_input_names_the_argument(gen, bad):
+    fs, X, mask, r, c, v = case(gen, 7, 6, 2, d=3)
+    f0 = fs[0].clone()
+    f0[1, 2] = bad
+    with pytest.raises(ValueError, match=r"factors\[0\]: expected finite"):
+        dk.masked_loss_sparse([f0, fs[1]], r, c, v)
+    v2 = v.clone()
+    v2[0] = bad
+    with pytest.raises(ValueError, match="values"):
+        dk.masked_residual_sparse(fs, r, c, v2)
+
+
+def test_fullgraph_compile_with_pattern_forward_and_backward(gen):
+    """masked_loss_sparse with a SparsePattern traces whole under torch.compile (fullgraph: a
+    graph break would raise), forward and backward, and matches eager."""
+    fs, X, mask, r, c, v = case(gen, 9, 8, 3, d=3)
+    pat = dk.sparse_pattern(r, c, (9, 8))
+    vals = v[pat.order]
+
+    def loss(a, b, cc, vv):
+        return dk.masked_loss_sparse([a, b, cc], pat.rows, pat.cols, vv, pattern=pat)
+
+    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
+    x1 = [f.clone().requires_grad_() for f in fs]
+    x2 = [f.clone().requires_grad_() for f in fs]
+    v1, v2 = vals.clone().requires_grad_(), vals.clone().requires_grad_()
+    l1, l2 = compiled(*x1, v1), loss(*x2, v2)
+    torch.testing.assert_close(l1, l2)
+    l1.backward()
+    l2.backward()
+    for a, b in zip(x1 + [v1], x2 + [v2]):
+        torch.testing.assert_close(a.grad, b.grad)
+    explain = torch._dynamo.explain(loss)(*x2, v2)
+    assert explain.graph_break_count == 0, explain.break_reasons

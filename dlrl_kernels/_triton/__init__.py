@@ -28,9 +28,25 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 ON_GPU = torch.cuda.is_available() and not INTERPRET
 
 
+class ConfigList(list):
+    """The autotune candidates in use here, with ``.gpu``: the full list a GPU run can pick
+    from (``bench/compile_report.py`` compiles every one of them for sm_90, also on a CPU)."""
+
+    gpu: list = []
+
+
 def configs(gpu_configs, cpu_config):
-    """Autotune candidates: the list on a real GPU, the single ``cpu_config`` otherwise."""
-    return list(gpu_configs) if ON_GPU else [cpu_config]
+    """Autotune candidates: the list on a real GPU, the single ``cpu_config`` otherwise.
+
+    Every GPU candidate must compile for sm_90 with 0 spill stores and within the 232,448 B
+    of shared memory a Hopper block may use: the autotuner compiles (and times) each one on a
+    user's first call, so a config that spills or cannot launch costs seconds to minutes of
+    first-call time for nothing. ``bench/results/compile_sm90.md`` is the evidence.
+    """
+    gpu = list(gpu_configs)
+    out = ConfigList(gpu if ON_GPU else [cpu_config])
+    out.gpu = gpu
+    return out
 
 
 def next_pow2(x: int, lo: int = 16) -> int:
@@ -64,4 +80,4 @@ def scale_tensor(scale, like: torch.Tensor) -> torch.Tensor:
     return torch.full((1,), float(scale), dtype=like.dtype, device=like.device)
 
 
-__all__ = ["INTERPRET", "ON_GPU", "configs", "next_pow2", "num_sms", "scale_tensor", "check_dtype"]
+__all__ = ["INTERPRET", "ON_GPU", "ConfigList", "configs", "next_pow2", "num_sms", "scale_tensor", "check_dtype"]

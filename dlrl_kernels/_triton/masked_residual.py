@@ -57,35 +57,41 @@ MAX_FUSED_D = 128
 DEFAULT_RQ_VARIANT = "fused"
 
 # ----------------------------------------------------------------------------- configs
+# Measured with bench/compile_report.py (sm_90, float32 products with input_precision="ieee",
+# i.e. FMA, not mma): the dot operands live in registers, so the d-chunk (BLOCK_D) is what
+# decides spilling. BLOCK_D = 64 spilled in every tile (56 B at 64×64 up to 50 kB at 128×256,
+# 100+ s of compile); BLOCK_D = 16 compiles spill-free at 64×64 and 128×64 in float32 and
+# float64 (≈ 160 / 220 registers) in ~15 s. The op is memory-bound (d FMAs per element of X),
+# so nothing is lost by the small chunk.
+FWD_BLOCK_D = 16
 _FWD_CONFIGS = configs(
     [
         triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "GROUP_M": 8}, num_warps=w, num_stages=s)
         for bm, bn, w, s in [
-            (64, 64, 4, 3),
-            (128, 64, 4, 3),
-            (64, 128, 4, 3),
-            (128, 128, 8, 3),
-            (128, 256, 8, 3),
-            (256, 128, 8, 3),
+            (64, 64, 4, 2),
+            (128, 64, 8, 2),
+            (64, 128, 8, 2),
         ]
     ],
     triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "GROUP_M": 2}, num_warps=4, num_stages=1),
 )
-_FWD_MIN_TILE = min(c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] for c in _FWD_CONFIGS)
+_FWD_MIN_TILE = min(c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] for c in list(_FWD_CONFIGS) + _FWD_CONFIGS.gpu)
 
-_RQ_CONFIGS = configs(
-    [
-        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-        for bm, bn, w, s in [
-            (64, 64, 4, 3),
-            (64, 128, 8, 3),
-            (128, 64, 8, 3),
-            (128, 128, 8, 2),
-            (32, 128, 4, 3),
-        ]
-    ],
-    triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=1),
-)
+# The backward keeps a BLOCK_M × BLOCK_D block of U and of R in registers for the whole sweep
+# (BLOCK_D = d rounded up to a power of two), plus three FMA dots per column tile: every
+# autotune candidate of the old list spilled (250 B to 90 kB). It is not autotuned any more:
+# one tile per (dtype, BLOCK_D), the largest that compiled with 0 spill stores for sm_90
+# (bench/results/compile_sm90.md); (BLOCK_M, BLOCK_N, num_warps).
+RQ_TILES = {
+    (torch.float32, 16): (32, 32, 4),
+    (torch.float32, 32): (32, 32, 4),
+    (torch.float32, 64): (16, 32, 4),
+    (torch.float32, 128): (32, 16, 8),
+    (torch.float64, 16): (16, 32, 4),
+    (torch.float64, 32): (16, 16, 4),
+    (torch.float64, 64): (16, 16, 8),
+    (torch.float64, 128): (16, 16, 8),
+}
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -138,7 +144,6 @@ def _fwd_kernel(
     tl.store(PART + pid, tl.sum(tl.sum(e * e, axis=1), axis=0))
 
 
-@triton.autotune(configs=_RQ_CONFIGS, key=["m", "n", "d", "HAS_MASK", "WRITE_Q", "R_ATOMIC"], reset_to_zero=["R", "Q"])
 @triton.jit
 def _rq_kernel(
     U, V, X, MASK, SCALE, R, Q,
@@ -223,7 +228,7 @@ def dense_residual_loss(U, V, X, mask, want_E):
         return X.new_zeros(()), (E if want_E else None)
     max_programs = triton.cdiv(m * n, _FWD_MIN_TILE) + triton.cdiv(m, 16) + triton.cdiv(n, 16) + 1
     part = torch.zeros(max_programs, dtype=X.dtype, device=X.device)
-    block_d = min(next_pow2(d), 64)
+    block_d = FWD_BLOCK_D
 
     def grid(meta):
         return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
@@ -244,7 +249,7 @@ def _default_split(m, n, device, split):
         return max(1, int(split))
     if not ON_GPU or device.type != "cuda":
         return 1
-    rows = triton.cdiv(m, 64)
+    rows = triton.cdiv(m, 32)
     want = triton.cdiv(2 * num_sms(device), rows)
     return max(1, min(want, triton.cdiv(n, 64)))
 
@@ -252,14 +257,16 @@ def _default_split(m, n, device, split):
 def _launch_rq(U, V, X, mk, s_k, has_mask, s, R, Q, write_q, split):
     m, d = U.shape
     n = V.shape[1]
-    grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), split)  # noqa: E731
-    _rq_kernel[grid](
+    block_d = next_pow2(d)
+    bm, bn, warps = RQ_TILES[(X.dtype, block_d)]
+    _rq_kernel[(triton.cdiv(m, bm), split)](
         U, V, X, mk, s, R, Q,
         m, n, d, split,
         U.stride(0), U.stride(1), V.stride(0), V.stride(1), X.stride(0), X.stride(1), s_k[0], s_k[1],
         R.stride(0), R.stride(1), Q.stride(0), Q.stride(1),
         HAS_MASK=has_mask, WRITE_Q=write_q, R_ATOMIC=split > 1,
-        BLOCK_D=next_pow2(d), PREC="ieee",
+        BLOCK_D=block_d, PREC="ieee", BLOCK_M=bm, BLOCK_N=bn,
+        num_warps=warps, num_stages=1,
     )
 
 
@@ -289,8 +296,7 @@ def dense_residual_rq(U, V, X, mask, scale, variant=None, split=None):
     if variant == "fused":
         _launch_rq(U, V, X, mk, s_k, has_mask, s, R, Q, True, _default_split(m, n, X.device, split))
     else:
-        # the Q slot of a launch with WRITE_Q=False gets a throw-away buffer: the autotuner
-        # zeroes every reset_to_zero argument before the final run on a GPU
+        # the Q slot of a launch with WRITE_Q=False gets a throw-away buffer (never written)
         dummy = torch.zeros((1, 1), dtype=X.dtype, device=X.device)
         _launch_rq(U, V, X, mk, s_k, has_mask, s, R, dummy, False, 1)
         mkt = mk.t() if has_mask else X.t()

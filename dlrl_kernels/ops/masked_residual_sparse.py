@@ -5,11 +5,28 @@ rows in chunks of ``CHUNK`` entries so that a 2·10⁶-entry problem does not ho
 nnz×d temporaries at once.
 
 Backend primitives (Triton twin in ``dlrl_kernels/_triton/masked_residual_sparse.py``,
-CUDA twin in ``csrc/sparse_residual.cu``):
+CUDA twin in ``csrc/sparse_residual.cu`` through ``dlrl_kernels._cuda``); one
+``_dispatch.OpTable`` per public op (``masked_residual_sparse``, ``masked_loss_sparse``), whose
+entries are implementation objects with these two functions:
 
 - ``sparse_residual(U, Vt, rows, cols, values)`` -> e  (SDDMM; Vt = Vᵀ, n×d contiguous)
 - ``sparse_rq(U, Vt, rows, cols, e, scale, m, n)`` -> (R, Q): R[i] = scale·Σ_{rows[k]=i} e_k Vt[cols[k]],
   Q[j] = scale·Σ_{cols[k]=j} e_k U[rows[k]]  (the two SpMM-like chain gradients).
+
+torch.library: the product is collapsed to U = X_1⋯X_{I-1}, V = X_I by plain torch matmuls
+(autograd takes the gradient back through the chain: the same d×d products as SPEC §3's
+A_kᵀ E B_kᵀ), and the residual on (U, Vᵀ) is the custom op ``dlrl::masked_residual_sparse``
+with a fake (meta) implementation and its hand-written backward registered with
+``register_autograd``; that backward calls the custom op ``dlrl::masked_residual_sparse_rq``
+(R, Q), so ``torch.compile`` traces forward and backward whole (fullgraph, no graph break),
+with the kernels opaque inside. The backend is resolved once per call by the Python wrapper
+and passed to the op as its name; the op fetches the implementation with ``TABLE.load(name)``.
+
+``values`` is differentiable: ∂e_k/∂values_k = −1 (so ∂(½Σe²)/∂values = −e). A
+``SparsePattern``'s index tensors are plain op arguments (no host reads in the op wrappers), so
+a pattern can be used inside a compiled graph. Input checks (shapes, index ranges, NaN / ±Inf in
+the factors and values: a ValueError naming the argument) run in eager mode only; under
+``torch.compile`` they are skipped.
 """
 from __future__ import annotations
 
@@ -17,13 +34,16 @@ import warnings
 
 import torch
 
-from .. import _dispatch
+from types import SimpleNamespace
+from typing import Optional
+
+from .._dispatch import OpTable
 
 # CSR tensors are used internally with indices built here; torch's "beta" notice says nothing
 # to our users.
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
 from .._validate import check_factors, check_sparse_target
-from .chain import _prefixes, grads_from_rq, outer_factors
+from .chain import outer_factors
 
 CHUNK = 1 << 17
 
@@ -55,7 +75,9 @@ class SparsePattern:
         self.rows_by_col = self.rows[corder]
 
     def check(self, rows, cols):
-        if rows is not self.rows or cols is not self.cols:
+        same = (rows is self.rows or (rows.data_ptr() == self.rows.data_ptr() and rows.shape == self.rows.shape)) and (
+            cols is self.cols or (cols.data_ptr() == self.cols.data_ptr() and cols.shape == self.cols.shape))
+        if not same:
             raise ValueError("pattern: expected rows/cols to be pattern.rows/pattern.cols (the pattern "
                              "was built for other indices; permute values with values[pattern.order])")
 
@@ -122,104 +144,106 @@ def reference_sparse_rq(U, Vt, rows, cols, e, scale, m, n):
     return R, Q
 
 
-def _single_factor_residual(X1, rows, cols, values):
-    return X1[rows.long(), cols.long()] - values
-
-
-def _single_factor_grad(X1, rows, cols, e):
-    G = torch.zeros_like(X1)
-    G.index_put_((rows.long(), cols.long()), e, accumulate=True)
-    return G
-
-
 # ----------------------------------------------------------------------------- dispatch
-def _triton():
+REFERENCE = SimpleNamespace(sparse_residual=reference_sparse_residual, sparse_rq=reference_sparse_rq)
+
+
+def _triton_impl():
     from .._triton import masked_residual_sparse as k
 
     return k
 
 
-def _cuda():
-    from .. import _cuda as k
+def _cuda_sparse_residual(U, Vt, rows, cols, values):
+    from .. import _cuda
 
-    return k
-
-
-def _residual(backend, U, Vt, rows, cols, values):
-    if backend == "triton":
-        return _triton().sparse_residual(U, Vt, rows, cols, values)
-    if backend == "cuda":
-        return _cuda().sparse_residual(U, Vt, rows, cols, values)
-    return reference_sparse_residual(U, Vt, rows, cols, values)
+    return _cuda.sparse_residual(U, Vt, rows, cols, values)[0]  # the op also returns ½Σe²
 
 
-def _rq(backend, U, Vt, rows, cols, e, scale, m, n, pattern=None):
-    if pattern is not None and backend == "reference":
-        return pattern_rq(pattern, U, Vt, e, scale)
-    if backend == "triton":
-        return _triton().sparse_rq(U, Vt, rows, cols, e, scale, m, n)
-    if backend == "cuda":
-        return _cuda().sparse_rq(U, Vt, rows, cols, e, scale, m, n)
-    return reference_sparse_rq(U, Vt, rows, cols, e, scale, m, n)
+def _cuda_sparse_rq(U, Vt, rows, cols, e, scale, m, n):
+    from .. import _cuda
+
+    return _cuda.sparse_rq(U, Vt, rows, cols, e, scale, m, n)
 
 
-# ----------------------------------------------------------------------------- autograd
-class _SparseBase(torch.autograd.Function):
-    @staticmethod
-    def _forward(ctx, rows, cols, values, backend, pattern, factors):
-        if len(factors) == 1:
-            e = _single_factor_residual(factors[0], rows, cols, values)
-            ctx.prefixes, ctx.Vt = None, None
-        else:
-            prefixes = _prefixes(factors)
-            U, V = outer_factors(factors, prefixes)
-            Vt = V.t().contiguous()
-            e = _residual(backend, U, Vt, rows, cols, values)
-            ctx.prefixes, ctx.Vt = prefixes, Vt
-        ctx.backend = backend
-        ctx.pattern = pattern
-        return e
+def _cuda_impl():
+    from .. import _cuda
 
-    @staticmethod
-    def _backward(ctx, rows, cols, ge, factors):
-        if len(factors) == 1:
-            return [_single_factor_grad(factors[0], rows, cols, ge)]
-        U, _ = outer_factors(factors, ctx.prefixes)
-        m, n = factors[0].shape[0], factors[-1].shape[1]
-        R, Q = _rq(ctx.backend, U, ctx.Vt, rows, cols, ge, 1.0, m, n, ctx.pattern)
-        return grads_from_rq(factors, ctx.prefixes, R, Q)
+    missing = [op for op in ("sparse_residual", "sparse_rq") if not _cuda.has_op(op)]
+    if missing:
+        raise RuntimeError(f"the CUDA extension does not provide {missing}: {_cuda.UNAVAILABLE_REASON or 'stale build?'}")
+    return SimpleNamespace(sparse_residual=_cuda_sparse_residual, sparse_rq=_cuda_sparse_rq)
 
 
-class SparseResidualFn(_SparseBase):
-    @staticmethod
-    def forward(ctx, rows, cols, values, backend, pattern, *factors):
-        e = _SparseBase._forward(ctx, rows, cols, values, backend, pattern, factors)
-        ctx.save_for_backward(rows, cols, *factors)
-        return e
-
-    @staticmethod
-    def backward(ctx, ge):
-        rows, cols, *factors = ctx.saved_tensors
-        return (None, None, None, None, None, *_SparseBase._backward(ctx, rows, cols, ge, factors))
+_INTERFACE = ("sparse_residual", "sparse_rq")
+TABLE = OpTable("masked_residual_sparse", _INTERFACE, reference=lambda: REFERENCE, triton=_triton_impl, cuda=_cuda_impl)
+TABLE_LOSS = OpTable("masked_loss_sparse", _INTERFACE, reference=lambda: REFERENCE, triton=_triton_impl, cuda=_cuda_impl)
+_TABLES = {"masked_residual_sparse": TABLE, "masked_loss_sparse": TABLE_LOSS}
 
 
-class SparseLossFn(_SparseBase):
-    """½Σ e²; backward: grad_output · [A_kᵀ E B_kᵀ] with E the sparse residual (two SpMMs)."""
+# ----------------------------------------------------------------------------- torch.library
+@torch.library.custom_op("dlrl::masked_residual_sparse", mutates_args=())
+def _residual_op(U: torch.Tensor, Vt: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor,
+                 backend: str, table: str, crow: Optional[torch.Tensor], ccol: Optional[torch.Tensor],
+                 col_order: Optional[torch.Tensor], rows_by_col: Optional[torch.Tensor]) -> torch.Tensor:
+    """e = ⟨U[rows], Vt[cols]⟩ − values with the implementation ``_TABLES[table].load(backend)``."""
+    return _TABLES[table].load(backend).sparse_residual(U, Vt, rows, cols, values)
 
-    @staticmethod
-    def forward(ctx, rows, cols, values, backend, pattern, *factors):
-        e = _SparseBase._forward(ctx, rows, cols, values, backend, pattern, factors)
-        ctx.save_for_backward(rows, cols, e, *factors)
-        return 0.5 * torch.dot(e, e)
 
-    @staticmethod
-    def backward(ctx, g):
-        rows, cols, e, *factors = ctx.saved_tensors
-        return (None, None, None, None, None, *_SparseBase._backward(ctx, rows, cols, e * g, factors))
+@_residual_op.register_fake
+def _(U, Vt, rows, cols, values, backend, table, crow, ccol, col_order, rows_by_col):
+    return values.new_empty(values.shape)
+
+
+@torch.library.custom_op("dlrl::masked_residual_sparse_rq", mutates_args=())
+def _rq_op(U: torch.Tensor, Vt: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, e: torch.Tensor,
+           backend: str, table: str, crow: Optional[torch.Tensor], ccol: Optional[torch.Tensor],
+           col_order: Optional[torch.Tensor], rows_by_col: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(R, Q) = (E Vᵀ, Eᵀ U) for the sparse E holding e: the chain gradients w.r.t. U and Vt."""
+    m, n = U.shape[0], Vt.shape[0]
+    if backend == "reference" and crow is not None:
+        pat = SimpleNamespace(shape=(m, n), crow=crow, cols=cols, ccol=ccol, col_order=col_order, rows_by_col=rows_by_col)
+        return pattern_rq(pat, U, Vt, e, 1.0)
+    return _TABLES[table].load(backend).sparse_rq(U, Vt, rows, cols, e, 1.0, m, n)
+
+
+@_rq_op.register_fake
+def _(U, Vt, rows, cols, e, backend, table, crow, ccol, col_order, rows_by_col):
+    return U.new_empty(U.shape), Vt.new_empty(Vt.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    U, Vt, rows, cols, values, backend, table, crow, ccol, col_order, rows_by_col = inputs
+    ctx.backend, ctx.table = backend, table
+    ctx.save_for_backward(U, Vt, rows, cols, crow, ccol, col_order, rows_by_col)
+
+
+def _backward(ctx, ge):
+    U, Vt, rows, cols, crow, ccol, col_order, rows_by_col = ctx.saved_tensors
+    R = Q = None
+    if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+        R, Q = torch.ops.dlrl.masked_residual_sparse_rq(U, Vt, rows, cols, ge.contiguous(), ctx.backend, ctx.table,
+                                                        crow, ccol, col_order, rows_by_col)
+    gvalues = -ge if ctx.needs_input_grad[4] else None
+    return R, Q, None, None, gvalues, None, None, None, None, None, None
+
+
+_residual_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 # ----------------------------------------------------------------------------- public
-def _prepare(factors, rows, cols, values, backend, op, pattern=None):
+def check_finite(t, name):
+    """ValueError naming ``name`` when t holds NaN or ±Inf (one host read)."""
+    if not bool(torch.isfinite(t).all()):
+        bad = ~torch.isfinite(t)
+        raise ValueError(f"{name}: expected finite values, got {int(torch.isnan(t).sum())} NaN and "
+                         f"{int((bad & ~torch.isnan(t)).sum())} ±Inf of {t.numel()} entries")
+
+
+def _prepare(factors, rows, cols, values, backend, table, pattern=None):
+    many = len(factors) > 1
+    if torch.compiler.is_compiling():
+        return table.resolve(backend, values.device, triton_ok=many, cuda_ok=many)[0]
     m, n = check_factors(factors)
     if pattern is not None:
         if tuple(pattern.shape) != (m, n):
@@ -228,21 +252,33 @@ def _prepare(factors, rows, cols, values, backend, op, pattern=None):
         check_sparse_target(rows, cols, values, (m, n), factors[0], check_range=False)
     else:
         check_sparse_target(rows, cols, values, (m, n), factors[0])
-    be = _dispatch.resolve(backend, values.device, op, triton_ok=len(factors) > 1, cuda_ok=len(factors) > 1)
-    return be
+    check_finite(values, "values")
+    for k, f in enumerate(factors):
+        check_finite(f.detach(), f"factors[{k}]")
+    return table.resolve(backend, values.device, triton_ok=many, cuda_ok=many)[0]
+
+
+def _residual(factors, rows, cols, values, backend, table, pattern):
+    if len(factors) == 1:
+        return factors[0][rows.long(), cols.long()] - values
+    U, V = outer_factors(factors)
+    p = (None, None, None, None) if pattern is None else (pattern.crow, pattern.ccol, pattern.col_order, pattern.rows_by_col)
+    return torch.ops.dlrl.masked_residual_sparse(U, V.t().contiguous(), rows, cols, values, backend, table, *p)
 
 
 def masked_residual_sparse(factors, rows, cols, values, backend: str = "auto", pattern=None):
     """e[k] = (X_1⋯X_I)[rows[k], cols[k]] − values[k]; never builds an m×n tensor.
 
-    Duplicate (row, col) pairs are kept as separate observations (each contributes its own
-    residual), exactly as the dense loss would if the entry were counted twice.
+    Differentiable w.r.t. every factor and ``values`` (∂e/∂values = −1). Duplicate (row, col)
+    pairs are kept as separate observations (each contributes its own residual), exactly as
+    the dense loss would if the entry were counted twice.
     """
-    be = _prepare(factors, rows, cols, values, backend, "masked_residual_sparse", pattern)
-    return SparseResidualFn.apply(rows, cols, values, be, pattern, *factors)
+    be = _prepare(factors, rows, cols, values, backend, TABLE, pattern)
+    return _residual(factors, rows, cols, values, be, "masked_residual_sparse", pattern)
 
 
 def masked_loss_sparse(factors, rows, cols, values, backend: str = "auto", pattern=None):
     """½ Σ_k e[k]² with a hand-written backward (two SpMM-like chain products)."""
-    be = _prepare(factors, rows, cols, values, backend, "masked_loss_sparse", pattern)
-    return SparseLossFn.apply(rows, cols, values, be, pattern, *factors)
+    be = _prepare(factors, rows, cols, values, backend, TABLE_LOSS, pattern)
+    e = _residual(factors, rows, cols, values, be, "masked_loss_sparse", pattern)
+    return 0.5 * torch.dot(e, e)
