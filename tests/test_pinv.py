@@ -77,3 +77,30 @@ def test_gradcheck_rank_deficient_direct_svd(gen):
 def test_zero_matrix(gen):
     for m in ("svd", "newton"):
         assert torch.all(dk.pinv(torch.zeros(3, 4, 5, dtype=torch.float64), method=m) == 0)
+
+
+@pytest.mark.parametrize("method", ["svd", "newton"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_G_is_an_error_naming_G(gen, method, bad):
+    G = torch.randn(2, 5, 4, generator=gen, dtype=torch.float64)
+    G[0, 1, 1] = bad
+    with pytest.raises(ValueError, match="G: expected finite entries"):
+        dk.pinv(G, method=method)
+
+
+def test_bad_rtol_and_max_iters(gen):
+    G = torch.randn(5, 4, generator=gen, dtype=torch.float64)
+    with pytest.raises(ValueError, match="rtol: expected"):
+        dk.pinv(G, rtol=-1.0)
+    with pytest.raises(ValueError, match="max_iters: pinv takes no step cap"):
+        dk.pinv(G, method="newton", max_iters=0)
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e30])
+@pytest.mark.parametrize("shape", [(3, 3), (7, 4), (4, 7)])
+def test_newton_float32_extreme_scales(gen, scale, shape):
+    """pinv(sG) = pinv(G)/s: G is divided by max |G| first (float32 1e-30·I gave 0)."""
+    G = rand_cond(gen, *shape, cond=10.0)
+    X = dk.pinv((scale * G).float(), method="newton")
+    assert torch.isfinite(X).all()
+    assert rel_err(X, ref_pinv(G) / scale) < 1e-4

@@ -126,3 +126,99 @@ def test_batched_leading_dims(gen):
     out = dk.spd_power(S, 0.5, method="newton")
     assert out.shape == (2, 3, 7, 7)
     assert rel_err(out, ref_power(S, 0.5)) < 1e-10
+
+
+# ----------------------------------------------------------------------------- bad input (issue 12)
+@pytest.mark.parametrize("method", ["eigh", "newton"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_S_is_an_error_naming_S(gen, method, bad):
+    S = rand_spd(gen, 5)
+    S[1, 2, 3] = bad
+    with pytest.raises(ValueError, match="S: expected finite entries"):
+        dk.spd_power(S, 0.5, method=method)
+
+
+@pytest.mark.parametrize("a", [0.5, -0.5])
+def test_non_finite_S_unchecked_gives_nan_not_garbage(gen, a):
+    """check=False (no host sync, also the compiled path): the Newton route returns NaN for
+    that matrix — never finite numbers — and leaves the others of the batch intact."""
+    S = rand_spd(gen, 5)
+    S[1, 2, 3] = float("nan")
+    out = dk.spd_power(S, a, method="newton", check=False)
+    assert torch.isnan(out[1]).all()
+    assert rel_err(out[0], ref_power(S[0], a)) < 1e-8
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("a", [0.5, 0.25, -0.5, 0.0, -1.0, 1.0])
+@pytest.mark.parametrize("method", ["eigh", "newton"])
+def test_clearly_indefinite_S_is_an_error_in_both_methods(gen, dtype, a, method):
+    """diag(−5, 1) (the issue's example) and a random matrix with λ_min = −0.01·λ_max."""
+    with pytest.raises(ValueError, match="S: expected symmetric positive semi-definite"):
+        dk.spd_power(torch.diag(torch.tensor([-5.0, 1.0], dtype=dtype)), a, method=method)
+    Q, _ = torch.linalg.qr(torch.randn(9, 9, generator=gen, dtype=torch.float64))
+    lam = torch.linspace(1.0, 0.1, 9, dtype=torch.float64)
+    lam[-1] = -0.01
+    S = ((Q * lam) @ Q.t()).to(dtype)
+    with pytest.raises(ValueError, match="S: expected symmetric positive semi-definite"):
+        dk.spd_power(S, a, method=method)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("a", [0.5, -0.5, 0.0])
+def test_rounding_negative_eigenvalues_are_clamped_identically(gen, dtype, a):
+    """λ_min = −d·eps·λ_max (rounding of a singular Gram): no error, both methods treat it as
+    null space (λ ≤ rtol·λ_max → 0) and agree."""
+    d = 8
+    Q, _ = torch.linalg.qr(torch.randn(d, d, generator=gen, dtype=torch.float64))
+    lam = torch.logspace(0, -1, d, dtype=torch.float64)
+    lam[-2:] = torch.tensor([0.0, -d * torch.finfo(dtype).eps])
+    S = ((Q * lam) @ Q.t()).to(dtype)
+    e = dk.spd_power(S, a, method="eigh", rtol=1e-4)
+    n = dk.spd_power(S, a, method="newton", rtol=1e-4)
+    tol = 1e-8 if dtype == torch.float64 else 2e-3
+    assert rel_err(n, e) < tol
+    assert rel_err(e, ref_power(S, a, rtol=1e-4)) < tol
+
+
+@pytest.mark.parametrize("a", [0.5, 0.25])
+def test_gray_zone_negative_eigenvalue_never_gives_garbage(gen, a):
+    """float64 λ_min = −1e-8·λ_max: above rounding, below the eigh route's tol (1e-5), which
+    clamps it. The square-root iteration cannot clamp it (the negative direction grows until
+    the guard freezes it), so the Newton route reports it instead (documented): either a
+    ValueError naming S, or the eigh answer — never a silently wrong matrix."""
+    Q, _ = torch.linalg.qr(torch.randn(8, 8, generator=gen, dtype=torch.float64))
+    lam = torch.logspace(0, -1, 8, dtype=torch.float64)
+    lam[-1] = -1e-8
+    S = (Q * lam) @ Q.t()
+    e = dk.spd_power(S, a, method="eigh", rtol=1e-4)
+    assert rel_err(e, ref_power(S, a, rtol=1e-4)) < 1e-10
+    try:
+        n = dk.spd_power(S, a, method="newton", rtol=1e-4)
+    except ValueError as exc:
+        assert str(exc).startswith("S: expected symmetric positive semi-definite")
+    else:
+        assert rel_err(n, e) < 1e-6
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e30, 1e-20, 1e20])
+@pytest.mark.parametrize("a", [0.5, -0.5, -1.0, 0.25])
+@pytest.mark.parametrize("method", ["eigh", "newton"])
+def test_float32_extreme_scales(gen, scale, a, method):
+    """(cS)^a = c^a S^a: S is divided by max |S| before iterating, so float32 1e-30·S and
+    1e30·S give the right answer (they gave 0 and inf/NaN)."""
+    S = rand_spd(gen, 6, 10.0, dtype=torch.float64)
+    out = dk.spd_power((scale * S).float(), a, method=method)
+    ex = ref_power(S, a) * scale**a
+    assert torch.isfinite(out).all()
+    assert rel_err(out, ex) < 2e-4
+
+
+def test_bad_rtol_and_iters_name_the_argument(gen):
+    S = rand_spd(gen, 4)
+    for rtol in (-1.0, 0.0, 1.5, "x"):
+        with pytest.raises(ValueError, match="rtol: expected"):
+            dk.spd_power(S, 0.5, rtol=rtol)
+    for iters in (0, -2, 2.5, True):
+        with pytest.raises(ValueError, match="iters: expected"):
+            dk.spd_power(S, 0.5, method="newton", iters=iters)

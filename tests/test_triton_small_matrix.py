@@ -3,8 +3,9 @@ public ops with ``backend="triton"``: gram, pinv (newton), spd_power (newton), t
 iteration of spectral_norm_sq and lowrank_block — against the reference backend (the same
 algorithm in torch) and independent float64 eigh / SVD computations.
 
-d ∈ {16, 20, 33, 64}: the kernels pad to 16/32/64-wide register tiles with the embedded
-identity, so 20 and 33 exercise the padding. Each spd_power launch mixes a well-conditioned,
+d ∈ {16, 20, 33, 64, 128}: the Newton iterations run the shared ``_newton`` orchestration over
+the batched GEMM kernel (``bmm``: 16/32/64-wide tiles, masked), so 20 and 33 exercise the
+masking and 128 the 2×2 tiling with a K-loop. Each spd_power launch mixes a well-conditioned,
 an ill-conditioned and a rank-deficient matrix (per-matrix stop rules in one batch).
 
 Tolerances. The Newton–Schulz route has its own error (the reference shows it too), so each
@@ -216,20 +217,45 @@ def test_spd_power_newton_forward_and_backward(gen, dtype, a, d, record_property
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_spd_power_unfused_route_equals_fused(gen, dtype):
-    """Dyadic a ∈ (0, 1) runs as one fused kernel; fused=False runs the Python orchestration
-    over the ns_sqrt / psd_pinv kernels (the a ≤ 0 route). Same iteration, different rounding
-    order: equal within the first-order bounds of the main test (κ^½ forward, κ backward)."""
-    k = _k()
-    d, a = 20, 0.75
-    S, kappas = power_batch(gen, d, dtype)
-    C = to(torch.randn(3, d, d, generator=gen, dtype=torch.float64).to(dtype))
-    f, u = k.newton_power(S, a, fused=True), k.newton_power(S, a, fused=False)
-    gf, gu = k.newton_power_backward(S, a, C, fused=True), k.newton_power_backward(S, a, C, fused=False)
+@pytest.mark.parametrize("shape", [((2, 16, 16), (2, 16, 16)), ((3, 20, 33), (1, 33, 5)), ((70, 33), (33, 1)), ((2, 128, 128), (128, 128))])
+@pytest.mark.parametrize("diag,scale", [(0.0, 1.0), (1.5, -0.5), (2.0, -1.0)])
+def test_bmm_primitive(gen, dtype, shape, diag, scale):
+    """The GEMM primitive of the Newton core: scale·(A @ B) + diag·I with broadcast batch dims,
+    odd sizes (masked tiles), a matrix–vector product and d = 128 (2×2 tiles of 64, K-loop)."""
+    sa, sb = shape
+    A = to(torch.randn(*sa, generator=gen, dtype=torch.float64).to(dtype))
+    B = to(torch.randn(*sb, generator=gen, dtype=torch.float64).to(dtype))
+    out = _k().bmm(A, B, diag=diag, scale=scale)
+    ref = _newton_mm()(A.double().cpu(), B.double().cpu(), diag=diag, scale=scale)
+    bound = (sa[-1] + 2) * eps(dtype) * (abs(scale) * (A.double().abs().cpu() @ B.double().abs().cpu()) + abs(diag))
+    assert out.shape == ref.shape and out.dtype == dtype
+    assert torch.all((out.double().cpu() - ref).abs() <= bound)
+
+
+def _newton_mm():
+    from dlrl_kernels._newton import mm_torch
+
+    return mm_torch
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_spd_power_d128_small_batch(gen, dtype):
+    """d = 128 (the size the old register-resident kernels could not compile spill-free): one
+    well-conditioned matrix, forward and backward against the reference route."""
+    d = 128
+    S = to(rand_spd(gen, d, batch=(1,), cond=10.0, dtype=torch.float64).to(dtype))
+    C = to(torch.randn(1, d, d, generator=gen, dtype=torch.float64).to(dtype))
+    res = {}
+    for be in ("triton", "reference"):
+        Si = S.clone().requires_grad_()
+        out = dk.spd_power(Si, 0.5, method="newton", backend=be)
+        out.backward(C)
+        res[be] = (out.detach(), Si.grad)
     base = 8 * d * eps(dtype)
-    for i, kappa in enumerate(kappas):
-        assert rel_err(f[i], u[i]) < base * kappa**0.5, i
-        assert rel_err(gf[i], gu[i]) < base * kappa, i
+    ex = ref_power(S, 0.5, rtol=d * eps(dtype))
+    assert rel_err(res["triton"][0], ex) < base * 10
+    assert rel_err(res["triton"][0], res["reference"][0]) < base * 10
+    assert rel_err(res["triton"][1], res["reference"][1]) < base * 10
 
 
 # ----------------------------------------------------------------------------- spectral norm (power)
@@ -272,7 +298,9 @@ def test_power_iteration_kernel_equals_reference_iterates(gen):
 
     S = to(rand_spd(gen, 33, batch=(2,), cond=3.0, repeated=2))
     for iters in (0, 1, 3):
-        assert rel_err(_k().power_iteration(S, iters), power_iteration(S, iters)) < 1e-14
+        lam_k, v_k = _k().power_iteration(S, iters)
+        lam_r, v_r = power_iteration(S, iters)
+        assert rel_err(lam_k, lam_r) < 1e-14 and rel_err(v_k, v_r) < 1e-14
 
 
 # ----------------------------------------------------------------------------- lowrank_block
@@ -281,7 +309,7 @@ def test_power_iteration_kernel_equals_reference_iterates(gen):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("p,shape,normalize", [(1.0, (2, 40, 16), None), (0.5, (2, 33, 20), "trace"), (1.5, (20, 45), None)])
 def test_lowrank_block_newton(gen, dtype, p, shape, normalize, record_property):
-    """ReLU(W (YᵀY)^{(2−p)/2}) and its gradients (fused power kernel forward and backward)."""
+    """ReLU(W (YᵀY)^{(2−p)/2}) and its gradients (Newton power over the GEMM kernel)."""
     Y = to(torch.randn(*shape, generator=gen, dtype=torch.float64).to(dtype))
     W = to(torch.randn(*shape, generator=gen, dtype=torch.float64).to(dtype))
     G = to(torch.randn(*shape, generator=gen, dtype=torch.float64).to(dtype))

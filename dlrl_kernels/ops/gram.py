@@ -50,6 +50,13 @@ TABLE = _dispatch.OpTable(
 )
 
 
+@torch.compiler.assume_constant_result
+def _backend_name(backend: str, device: str) -> str:
+    """TABLE.resolve's backend name, evaluated eagerly (a constant) when torch.compile traces
+    the wrapper; the op then fetches the implementation with the cached TABLE.load(name)."""
+    return TABLE.resolve(backend, torch.device(device))[0]
+
+
 @torch.library.custom_op("dlrl::gram", mutates_args=())
 def _gram_op(Y: Tensor, backend: str) -> Tensor:
     G = TABLE.load(backend).gram(Y)
@@ -77,5 +84,5 @@ def gram(Y, backend: str = "auto"):
     """YᵀY for Y of shape (..., r, d); differentiable."""
     if not torch.compiler.is_compiling():
         check_float_tensor(Y, "Y", ndim_min=2)
-    name, _ = TABLE.resolve(backend, Y.device)
+    name = _backend_name(backend, str(Y.device))
     return torch.ops.dlrl.gram(Y, name)

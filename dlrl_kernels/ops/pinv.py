@@ -96,6 +96,13 @@ TABLE = _dispatch.OpTable(
 )
 
 
+@torch.compiler.assume_constant_result
+def _backend_name(backend: str, device: str) -> str:
+    """TABLE.resolve's backend name, evaluated eagerly (a constant) when torch.compile traces
+    the wrapper; the op then fetches the implementation with the cached TABLE.load(name)."""
+    return TABLE.resolve(backend, torch.device(device))[0]
+
+
 @torch.library.custom_op("dlrl::pinv", mutates_args=())
 def _pinv_op(G: Tensor, method: str, rtol: Optional[float], backend: str) -> Tensor:
     if method == "svd":
@@ -144,7 +151,7 @@ def pinv(G, method: str = "auto", rtol=None, max_iters=None, backend: str = "aut
                 f"max_iters: pinv takes no step cap (the Newton route's step counts follow from rtol), got {max_iters!r}"
             )
         check_finite(G, "G")
-    name, _ = TABLE.resolve(backend, G.device)
+    name = _backend_name(backend, str(G.device))
     if method == "auto":
         method = "newton" if (G.device.type == "cuda" or name == "triton") else "svd"
     return torch.ops.dlrl.pinv(G, method, rtol, name)

@@ -139,6 +139,13 @@ TABLE = _dispatch.OpTable(
 )
 
 
+@torch.compiler.assume_constant_result
+def _backend_name(backend: str, device: str) -> str:
+    """TABLE.resolve's backend name, evaluated eagerly (a constant) when torch.compile traces
+    the wrapper; the op then fetches the implementation with the cached TABLE.load(name)."""
+    return TABLE.resolve(backend, torch.device(device))[0]
+
+
 # ----------------------------------------------------------------------------- eigh route, scaled
 def _eigh_forward(S, a, rtol, check, neg_tol=None):
     """eigh route on S/m (m = max |S|: no over/underflow at extreme scales), result × m^a."""
@@ -273,7 +280,10 @@ def spd_power(S, a, method: str = "auto", rtol=None, iters=None, backend: str = 
     (``_newton.default_neg_tol``). The eigh route reads λ_min directly; the Newton route
     uses the positive part of R² − A for its first square root R (``_newton.negative_excess``,
     one extra product; for a ∈ {0, −1, 1} one extra square root), relative to ‖A‖_F — the
-    same threshold up to ‖A‖_F/λ_max ∈ [1, √d]. ``check=False`` skips both checks and their
+    same threshold up to ‖A‖_F/λ_max ∈ [1, √d]. Gray zone: a negative eigenvalue above
+    rounding (≳ 8·d·eps·λ_max) cannot be clamped by the square-root iteration (it grows until
+    the explosion guard freezes it), so there the Newton route raises where eigh clamps —
+    it reports rather than returning a wrong matrix. ``check=False`` skips both checks and their
     host syncs (what a CUDA-graph-captured training step needs).
     Extreme scales: S is divided by max |S| before iterating and the result multiplied by
     (max |S|)^a — exact, so float32 1e-30·I and 1e30 entries work in both methods.
@@ -290,6 +300,6 @@ def spd_power(S, a, method: str = "auto", rtol=None, iters=None, backend: str = 
         iters = _check_iters(iters)
         if check:
             check_finite(S, "S")
-    name, _ = TABLE.resolve(backend, S.device)
+    name = _backend_name(backend, str(S.device))
     method = resolve_method(method, float(a), S.device, name)
     return torch.ops.dlrl.spd_power(S, float(a), method, rtol, iters, bool(check), name)[0]

@@ -55,6 +55,13 @@ TABLE = _dispatch.OpTable(
 )
 
 
+@torch.compiler.assume_constant_result
+def _backend_name(backend: str, device: str) -> str:
+    """TABLE.resolve's backend name, evaluated eagerly (a constant) when torch.compile traces
+    the wrapper; the op then fetches the implementation with the cached TABLE.load(name)."""
+    return TABLE.resolve(backend, torch.device(device))[0]
+
+
 @torch.library.custom_op("dlrl::spectral_norm_sq", mutates_args=())
 def _spectral_op(A: Tensor, method: str, iters: int, tol: Optional[float], backend: str) -> Tuple[Tensor, Tensor]:
     """(σ_max², v): v the unit top eigenvector of the small Gram (for the backward)."""
@@ -102,7 +109,7 @@ def spectral_norm_sq(A, method: str = "auto", iters: int = 30, backend: str = "a
         if tol is not None and (not isinstance(tol, (int, float)) or isinstance(tol, bool) or not 0 <= tol < 1):
             raise ValueError(f"tol: expected None or a real number in [0, 1), got {tol!r}")
         check_finite(A, "A")
-    name, _ = TABLE.resolve(backend, A.device)
+    name = _backend_name(backend, str(A.device))
     if method == "auto":
         method = "power" if (A.device.type == "cuda" or name == "triton") else "eigh"
     return torch.ops.dlrl.spectral_norm_sq(A, method, int(iters), None if tol is None else float(tol), name)[0]
