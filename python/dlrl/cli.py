@@ -22,6 +22,10 @@ from ._io import atomic_write, atomic_write_text, check_output_path
 D = argparse.ArgumentDefaultsHelpFormatter
 
 
+class _DemoFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults in the option help, the description's lines kept as written."""
+
+
 class CliError(Exception):
     """A user error: ``option`` (e.g. ``--rank`` or ``RATINGS``) and what is wrong with it."""
 
@@ -513,9 +517,9 @@ def _resize(img, size):
 DEMO_DESCRIPTION = """\
 A short tour of DLRL on data that needs no download, each part next to a classical
 baseline on the same data with the same metric:
-  1. a synthetic, exactly rank-5 100x100 matrix with 50 %% of its entries missing:
+  1. a synthetic, exactly rank-5 100x100 matrix with 50 % of its entries missing:
      DLRL vs Soft-Impute, RSRE = ||X_hat - X||_F / ||X||_F over all entries;
-  2. scikit-image's astronaut (128x128x3, 40 %% of the pixels missing, all channels):
+  2. scikit-image's astronaut (128x128x3, 40 % of the pixels missing, all channels):
      DLRL vs Soft-Impute, PSNR over the missing pixels;
   3. MovieLens-100K when it is at hand (../shared/data/ml-100k or --ml100k; never
      downloaded), the published 80/20 split: DLRL vs a bias-only predictor (and Surprise's
@@ -555,6 +559,8 @@ def _demo_complete_kwargs(a, quick):
         import torch
 
         torch.set_num_threads(a.threads)
+    if a.budget is not None and _accepts(complete, "budget_s"):
+        kw["budget_s"] = a.budget
     if quick:  # a smoke test: a fixed short run, no search
         kw.setdefault("tune", False)
         kw["epochs"] = 40
@@ -970,7 +976,7 @@ def build_parser():
     _model_options(i, images=True)
     i.set_defaults(func=cmd_inpaint)
 
-    d = sub.add_parser("demo", formatter_class=D, parents=[common], help="a short tour on data at hand, with baselines",
+    d = sub.add_parser("demo", formatter_class=_DemoFormatter, parents=[common], help="a short tour on data at hand, with baselines",
                        description=DEMO_DESCRIPTION)
     d.add_argument("--out", default="dlrl_demo", help="folder for figures, demo.json and demo.md (created)")
     d.add_argument("--size", type=positive_int, default=None, help="longer side of the sample image (default 128; --quick 32)")
@@ -989,6 +995,9 @@ def build_parser():
                    help="CPU threads of the baselines and the fits: 1, because on a machine shared with a busy "
                         "process 2 OpenMP threads spin-wait and run many times slower (measured: Soft-Impute "
                         "on the astronaut 126 s with 2 threads vs 12 s with 1, same busy machine)")
+    d.add_argument("--budget", type=positive_float, default=None, metavar="SECONDS",
+                   help="wall-clock budget of dlrl.complete's validation search in each part "
+                        "(default: the library's)")
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.set_defaults(func=cmd_demo)
     return ap
