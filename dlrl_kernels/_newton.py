@@ -135,7 +135,7 @@ def _dmm(mm, A, dA, B, dB):
 
 
 # ============================================================================ square root
-def ns_sqrt(A, iters=None, dA=None, mm=mm_torch):
+def ns_sqrt(A, iters=None, dA=None, mm=mm_torch, noise=None, return_steps=False):
     """Coupled Newton–Schulz: (A^{1/2}, A^{-1/2} on the range, tangents). Spectrum of A in [0, 1].
 
     Y_0 = A, Z_0 = I, T = ½(3I − ZY), Y ← YT, Z ← TZ. A small eigenvalue λ needs
@@ -145,6 +145,12 @@ def ns_sqrt(A, iters=None, dA=None, mm=mm_torch):
     negative eigenvalue −δ (rounding of a singular A) grows 1.5× per step and then explodes;
     a healthy step is never larger than ½‖Y‖, so a matrix whose relative step exceeds 0.75
     is frozen at its previous iterate.
+
+    ``noise`` (per matrix, the rounding level of A's null eigenvalues; ``lowrank_penalty``'s
+    root) adds two stops for singular inputs: at the step minimum (ρ_k ≥ ρ_{k−1} < ¼) when
+    what still grows is no larger than that noise grown so far (ρ_k ≤ noise·1.5^{k+1}; a
+    genuine small cluster behind a gap keeps iterating), and on a jump ρ_k > 1.6·ρ_{k−1}.
+    ``return_steps`` also returns the number of steps each matrix took.
     """
     if iters is None:
         iters = default_sqrt_iters(A.dtype)
@@ -155,7 +161,8 @@ def ns_sqrt(A, iters=None, dA=None, mm=mm_torch):
     active = torch.ones(A.shape[:-2], dtype=torch.bool, device=A.device)
     prev = torch.full(A.shape[:-2], float("inf"), dtype=A.dtype, device=A.device)
     tiny = torch.finfo(A.dtype).tiny
-    for _ in range(iters):
+    steps = torch.zeros(A.shape[:-2], dtype=A.dtype, device=A.device)
+    for k in range(iters):
         T = mm(Z, Y, diag=1.5, scale=-0.5)
         Yn, Zn = mm(Y, T), mm(T, Z)
         if dA is not None:
@@ -164,14 +171,20 @@ def ns_sqrt(A, iters=None, dA=None, mm=mm_torch):
             dZn = mm(dT, Z) + mm(T, dZ)
         rel = _fro(Yn - Y) / _fro(Yn).clamp_min(tiny)
         stop = (prev <= floor) | (rel > 0.75) | ~torch.isfinite(rel)
+        if noise is not None:
+            grown = noise * 1.5 ** (k + 1)
+            stop = stop | ((prev < 0.25) & (rel >= prev) & (rel <= grown)) | (rel > 1.6 * prev)
         active = active & ~stop
         a = active[..., None, None]
         Y, Z = torch.where(a, Yn, Y), torch.where(a, Zn, Z)
         if dA is not None:
             dY, dZ = torch.where(a, dYn, dY), torch.where(a, dZn, dZ)
         prev = torch.where(active, rel, prev)
+        steps = steps + active.to(A.dtype)
         if not _any_active(active):
             break
+    if return_steps:
+        return Y, Z, dY, dZ, steps
     return Y, Z, dY, dZ
 
 

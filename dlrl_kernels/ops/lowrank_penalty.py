@@ -15,7 +15,7 @@ Pipeline for S (..., m, n), d = min(m, n):
    r^{1/16} (r = numerical rank), i.e. σ₁/c ∈ [r^{-1/32}, 1]: 0.88 for r = 64, 0.77 for r = 4096.
    A = M/c² has its spectrum in [0, 1], the domain of every approximation below.
 3. Roots: U_b = A^{2^{-b}} by nested coupled Newton–Schulz square roots (the library's
-   ``ns_sqrt``, with its per-matrix stop at the step minimum, which keeps the rounding-level
+   one ``_newton.ns_sqrt``, with its noise-aware per-matrix stop at the step minimum, which keeps the rounding-level
    negative eigenvalues of a singular Gram from blowing up, SPEC §6). U_1 = A^{1/2} has the
    eigenvalues t_i = σ_i/c.
 4. h on the spectrum, three routes (picked per call by a matmul-count model):
@@ -67,6 +67,7 @@ import warnings
 
 import torch
 
+from .. import _newton
 from .._validate import FLOAT_DTYPES
 
 H_NAMES = ("nuclear", "schatten", "log", "geman", "laplace", "etp", "gamma_nuclear", "mcp", "scad")
@@ -257,7 +258,7 @@ def ns_root(A, iters=None, noise=None):
     matrix (no host sync on a GPU), on the relative step ρ_k = ‖Y_{k+1} − Y_k‖_F/‖Y_{k+1}‖_F:
       - converged: ρ_{k−1} ≤ 8·d·eps;
       - at the step minimum (ρ_k ≥ ρ_{k−1} < ¼) *and* what still grows is no larger than the
-        rounding noise grown so far (ρ_k ≤ 4√d·noise·1.5^{k+1}). The second condition keeps a
+        rounding noise grown so far (ρ_k ≤ noise·1.5^{k+1}). The second condition keeps a
         genuine small cluster behind a spectral gap iterating until it has converged (the
         plain step-minimum rule stops while it is still growing, which loses its gradient);
       - explosion guard: ρ_k > 0.75.
@@ -266,37 +267,11 @@ def ns_root(A, iters=None, noise=None):
     """
     if iters is None:
         iters = default_iters(A.dtype)
-    d = A.shape[-1]
     if noise is None:
         noise = root_noise(A)
-    I = _eye(d, A)
-    Y, Z = A, I.expand(A.shape)
-    eps = torch.finfo(A.dtype).eps
-    floor = 8 * d * eps
-    tiny = torch.finfo(A.dtype).tiny
-    active = torch.ones(A.shape[:-2], dtype=torch.bool, device=A.device)
-    prev = torch.full(A.shape[:-2], float("inf"), dtype=A.dtype, device=A.device)
-    steps = torch.zeros(A.shape[:-2], dtype=A.dtype, device=A.device)
-    thr = noise
-    for k in range(iters):
-        T = 1.5 * I - 0.5 * (Z @ Y)
-        Yn, Zn = Y @ T, T @ Z
-        rel = torch.linalg.matrix_norm(Yn - Y) / torch.linalg.matrix_norm(Yn).clamp_min(tiny)
-        grown = thr * 1.5 ** (k + 1)
-        stop = (
-            (prev <= floor)
-            | ((prev < 0.25) & (rel >= prev) & (rel <= grown))
-            | (rel > 1.6 * prev)
-            | (rel > 0.75)
-            | ~torch.isfinite(rel)
-        )
-        active = active & ~stop
-        a = active[..., None, None]
-        Y, Z = torch.where(a, Yn, Y), torch.where(a, Zn, Z)
-        prev = torch.where(active, rel, prev)
-        steps = steps + active.to(A.dtype)
-        if A.device.type == "cpu" and not bool(active.any()):
-            break
+    # the library's one coupled Newton–Schulz iteration, with the noise-aware stop rule
+    Y, _, _, _, steps = _newton.ns_sqrt(A, iters, None, _newton.mm_torch, noise=noise,
+                                        return_steps=True)
     out_noise = torch.maximum(noise * 1.5**steps, root_noise(A))
     return _sym(Y), out_noise
 
