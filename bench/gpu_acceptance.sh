@@ -69,7 +69,7 @@ if [ $DRY -eq 1 ]; then
   stage env 60 "$PY" bench/gpu_env.py --dry-run --reps 5 --json "$OUT_DIR/env.json"
   stage build 60 "$PY" -c "import dlrl_kernels, dlrl; print('import ok (dry run: no pip install)')"
   stage cuda_tests 120 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda_build.py -k "imports_and_reports_status" --junitxml="$OUT_DIR/cuda_tests.xml"
-  stage triton_tests 120 env TRITON_INTERPRET=1 "$PY" -m pytest -q -p no:cacheprovider tests/test_triton_sparse.py -k "residual" -x --junitxml="$OUT_DIR/triton_tests.xml"
+  stage triton_tests 120 env TRITON_INTERPRET=1 "$PY" -m pytest -q -p no:cacheprovider tests/test_triton_sparse.py -x -k "test_no_entries or test_all_entries_in_one_row" --junitxml="$OUT_DIR/triton_tests.xml"
   stage bench 120 env TRITON_INTERPRET=1 "$PY" bench/bench_kernels.py --tiny --json "$OUT_DIR/bench_kernels.json" --csv "$OUT_DIR/bench_kernels.csv"
   stage epoch 120 "$PY" bench/gpu_epoch.py --dry-run --steps 2 --rank 4 --json "$OUT_DIR/epoch.json"
   stage compile 10 "$PY" -c "print('dry run: compile report skipped (CI runs --quick in tests/test_compile_sm90.py)')"

@@ -23,7 +23,7 @@ def _sync(dev):
         torch.cuda.synchronize()
 
 
-def run(m, n, nnz, rank, steps, device, compiled, seed=0):
+def run(m, n, nnz, rank, steps, device, compiled, seed=0, compile_backend="inductor"):
     import dlrl
     from dlrl.model import as_observations
 
@@ -33,8 +33,9 @@ def run(m, n, nnz, rank, steps, device, compiled, seed=0):
     values = torch.randn(rows.numel(), generator=g) + 3.0
     model = dlrl.DLRL((m, n), rank=rank).to(device)
     obs = as_observations(rows=rows.to(device), cols=cols.to(device), values=values.to(device), shape=(m, n)).sorted()
+    model.prepare(rows=rows, cols=cols, values=values)  # per-data constants, as fit() computes them
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    loss_fn = torch.compile(model.loss) if compiled else model.loss
+    loss_fn = torch.compile(model.loss, backend=compile_backend) if compiled else model.loss
     times = []
     for i in range(steps):
         _sync(device)
@@ -56,13 +57,16 @@ def main(argv=None):
     ap.add_argument("--rank", type=int, default=32)
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--compile-backend", default=None,
+                    help="torch.compile backend (default inductor; aot_eager with --dry-run: graph capture without C++ builds)")
     a = ap.parse_args(argv)
+    backend = a.compile_backend or ("aot_eager" if a.dry_run else "inductor")
     dev = torch.device("cuda" if torch.cuda.is_available() and not a.dry_run else "cpu")
     m, n, nnz = (300, 200, 5000) if a.dry_run else (138_000, 27_000, 20_000_000)
-    doc = {"shape": [m, n], "nnz": nnz, "rank": a.rank, "device": str(dev)}
+    doc = {"shape": [m, n], "nnz": nnz, "rank": a.rank, "device": str(dev), "compile_backend": backend}
     for mode in ("eager", "compiled"):
         try:
-            doc[mode] = run(m, n, nnz, a.rank, a.steps, dev, mode == "compiled")
+            doc[mode] = run(m, n, nnz, a.rank, a.steps, dev, mode == "compiled", compile_backend=backend)
         except Exception as exc:
             doc[mode] = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-4000:]}
         print(mode, json.dumps(doc[mode])[:500], flush=True)
