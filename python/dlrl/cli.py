@@ -306,8 +306,10 @@ def _load_checkpoint(path, device):
     try:
         return DLRL.load(p, device=device)
     except Exception as exc:  # pickle, zip, key errors ...: the file is not one of ours
-        raise CliError("--resume", f"{p} is not a readable DLRL checkpoint "
-                                   f"({type(exc).__name__}: {' '.join(str(exc).split())[:160]})") from None
+        msg = " ".join(str(exc).split())
+        if isinstance(exc, ValueError) and str(p) in msg:  # DLRL.load's own clear message
+            raise CliError("--resume", msg.split(": ", 1)[1] if msg.startswith("path: ") else msg) from None
+        raise CliError("--resume", f"{p} is not a readable DLRL checkpoint ({type(exc).__name__}: {msg[:160]})") from None
 
 
 def _save_checkpoint(model, path):
