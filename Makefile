@@ -49,6 +49,9 @@ $(COMPAT_VENV)/.installed: pyproject.toml setup.py
 	$(COMPAT_VENV)/bin/python -m pip install -q "$(TORCH_PIN)"
 	$(COMPAT_VENV)/bin/python -m pip install -q "$(COMPAT_TRITON)"
 	$(COMPAT_VENV)/bin/python -m pip install -q -e ".[test]"
+	# triton 3.6's interpreter turns a runtime int loop bound into a 1-element array and calls
+	# int() on it, which numpy >= 2.4 rejects ("only 0-dimensional arrays ..."): numpy < 2.4 here
+	$(COMPAT_VENV)/bin/python -m pip install -q "numpy<2.4"
 	$(COMPAT_VENV)/bin/python -c "import triton, sys; v = triton.__version__; print('compat triton', v); sys.exit(0 if v.startswith('3.6') else 1)"
 	touch $@
 
