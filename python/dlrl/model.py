@@ -534,17 +534,21 @@ class DLRL(nn.Module):
         # a negative entry of S gives NaN here (as in the published code); the fit reports it
         # at its next finiteness check (no host sync per epoch)
         G = 0.5 * torch.pow(S + st[:, None, None], self._exponents())
-        global _RAW_PINV_OK
-        if _RAW_PINV_OK:
+        if _raw_op("pinv", 4):
             # the registered op without the wrapper's per-call NaN scan (a host sync every
             # epoch); a NaN G shows up in the loss, checked at the fit's sync points
-            try:
-                from dlrl_kernels.ops import pinv as _pinv
+            from dlrl_kernels.ops import pinv as _pinv
 
-                name = _pinv.TABLE.resolve(self.config.backend, G.device)[0]
+            name = _pinv.TABLE.resolve(self.config.backend, G.device)[0]
+            try:
                 return 0.5 * torch.ops.dlrl.pinv(G, "svd", None, name)
-            except (ImportError, AttributeError, TypeError, RuntimeError):
-                _RAW_PINV_OK = False
+            except RuntimeError as err:
+                if bool(torch.isfinite(G).all()):
+                    raise
+                raise FloatingPointError(
+                    "mode='published': the elementwise power (S + st)^((p-2)/2) hit a negative entry of "
+                    "S = YᵀY (the published code has the same failure); use mode='paper' (true matrix power)"
+                ) from err
         return 0.5 * dk.pinv(G, method="svd")
 
     def _need_prep(self, prep):
@@ -601,21 +605,17 @@ class DLRL(nn.Module):
         every value and factor for NaN/Inf: host syncs every epoch) are skipped by calling
         the registered op directly; the public ``dk`` wrapper is the fallback (no pattern, or
         an op of another signature)."""
-        global _RAW_SPARSE_OK
         pat = obs.pattern
-        if _RAW_SPARSE_OK and pat is not None and len(outs) > 1:
-            try:
-                from dlrl_kernels.ops import masked_residual_sparse as _mrs
-                from dlrl_kernels.ops.chain import outer_factors
+        if pat is not None and len(outs) > 1 and _raw_op("masked_residual_sparse", 11):
+            from dlrl_kernels.ops import masked_residual_sparse as _mrs
+            from dlrl_kernels.ops.chain import outer_factors
 
-                table = _mrs.TABLE if op_name == "masked_residual_sparse" else _mrs.TABLE_LOSS
-                be = table.resolve(self.config.backend, obs.values.device, triton_ok=True, cuda_ok=True)[0]
-                U, V = outer_factors(outs)
-                return torch.ops.dlrl.masked_residual_sparse(U, V.t().contiguous(), obs.rows, obs.cols, obs.values,
-                                                             be, op_name, pat.crow, pat.ccol, pat.col_order,
-                                                             pat.rows_by_col)
-            except (ImportError, AttributeError, TypeError, RuntimeError):
-                _RAW_SPARSE_OK = False
+            table = _mrs.TABLE if op_name == "masked_residual_sparse" else _mrs.TABLE_LOSS
+            be = table.resolve(self.config.backend, obs.values.device, triton_ok=True, cuda_ok=True)[0]
+            U, V = outer_factors(outs)
+            return torch.ops.dlrl.masked_residual_sparse(U, V.t().contiguous(), obs.rows, obs.cols, obs.values,
+                                                         be, op_name, pat.crow, pat.ccol, pat.col_order,
+                                                         pat.rows_by_col)
         return dk.masked_residual_sparse(outs, obs.rows, obs.cols, obs.values, backend=self.config.backend,
                                          pattern=pat)
 
@@ -1136,9 +1136,13 @@ class DLRL(nn.Module):
                 self.save(checkpoint)
             raise
         self.fit_seconds = time.perf_counter() - t0
+        if checkpoint is not None and is_main:
+            # the training state of the last epoch (before any best-state restore below), so
+            # that resuming from it continues this run exactly
+            self.save(checkpoint)
         if early_stopping is not None and best["state"] is not None:
             self._restore(best)
-        if carry and carry_best["state"] is not None and self.history:
+        if carry and early_stopping is None and carry_best["state"] is not None and self.history:
             final = self.history[-1]["train_loss"]
             if final > carry_best["loss"]:
                 self._restore(carry_best)
@@ -1149,8 +1153,6 @@ class DLRL(nn.Module):
                                   f"{carry_best['epoch']}) to {final:.6g} (epoch {self.history[-1]['epoch']}); "
                                   f"the state of epoch {carry_best['epoch']} is kept", stacklevel=3)
                 self.stop_reason = "carry_best"
-        if checkpoint is not None and is_main:
-            self.save(checkpoint)
         return self.history
 
     @torch.no_grad()
@@ -1252,8 +1254,25 @@ class DLRL(nn.Module):
 
 
 CHECKPOINT_FORMAT = "dlrl-checkpoint"
-_RAW_SPARSE_OK = True
-_RAW_PINV_OK = True
+_RAW_OPS: dict = {}
+
+
+def _raw_op(name, n_args):
+    """Whether ``torch.ops.dlrl.<name>`` is registered with the signature the model calls it
+    with (checked once); otherwise the model uses the public ``dk`` wrapper."""
+    if name not in _RAW_OPS:
+        ok = False
+        try:
+            import dlrl_kernels.ops.masked_residual_sparse  # noqa: F401  (registers the ops)
+            import dlrl_kernels.ops.pinv  # noqa: F401
+            from dlrl_kernels.ops import masked_residual_sparse as _mrs, pinv as _pinv
+
+            schema = getattr(torch.ops.dlrl, name).default._schema
+            ok = len(schema.arguments) == n_args and hasattr(_mrs, "TABLE_LOSS") and hasattr(_pinv, "TABLE")
+        except (ImportError, AttributeError, RuntimeError):
+            ok = False
+        _RAW_OPS[name] = ok
+    return _RAW_OPS[name]
 _CHECKPOINT_KEYS = ("config", "model", "history", "epoch")
 
 
