@@ -81,8 +81,8 @@ TUNABLE = ("rank", "weight_decay", "bias", "p", "activation")
 #: activation="auto": "none" when at least this fraction of the training values is negative
 #: *and* at least this fraction positive (both signs beyond noise), else "relu"
 SIGNED_FRACTION = 0.05
-#: intra-op threads: a fit uses 2 threads from this many observed entries on (``_threads_for``)
-THREADS_MIN_NNZ = 400_000
+#: intra-op threads: a fit may use 2 threads from this many observed entries on (``_threads_for``)
+THREADS_MIN_NNZ = 1_000_000
 
 
 # ----------------------------------------------------------------------------- argument checks
@@ -733,11 +733,13 @@ class DLRL(nn.Module):
         ``track_schatten``: record Σ‖X̂_k‖_{S_p}^p per epoch (an eigvalsh per epoch; off by default).
 
         Threads (``threads=None``): a fit sets torch's intra-op threads for its own duration
-        (restored after) from the problem size: 1 thread below ``THREADS_MIN_NNZ`` observed
-        entries, else min(2, cores). Measured on the 2-core machine: below that size the ops
-        of an epoch are too small for a second thread to pay for its wake-ups, and with a busy
-        neighbour process OpenMP's spin-waiting makes 2 threads many times slower; ``threads=k``
-        overrides.
+        (restored after): 1 thread below ``THREADS_MIN_NNZ`` (10⁶) observed entries, or when
+        the machine has no idle core (1-minute load average + 1 > cores); else min(2, cores).
+        Measured on the shared 2-core machine (load average ≈ 10, bias on, d = 20, ms per
+        epoch, 1 vs 2 threads): 3·10⁴ entries 92 vs 849, 10⁵ 149 vs 2963, 4·10⁵ 251 vs 1286,
+        10⁶ 577 vs 1811 — with busy neighbours, OpenMP's spin-waiting makes 2 threads 3–20×
+        slower at every size, so a second thread is only used on an idle machine and large
+        problems. ``threads=k`` overrides.
 
         Files: ``checkpoint``: written (atomically, every ``checkpoint_every`` epochs and at
         the end, by the main rank only); the path is checked before training: an existing file
@@ -1344,11 +1346,20 @@ class _Plateau:
 
 
 def _threads_for(nnz):
-    """Intra-op threads for a fit with ``nnz`` observed entries (see ``DLRL.fit``)."""
+    """Intra-op threads for a fit with ``nnz`` observed entries (see ``DLRL.fit``): one thread
+    below ``THREADS_MIN_NNZ`` entries, and also above it when the machine has no idle core
+    (1-minute load average + 1 > cores), where OpenMP's spin-waiting threads fight the other
+    processes; else min(2, cores)."""
     import os
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return 1 if nnz < THREADS_MIN_NNZ else max(1, min(2, cores))
+    if nnz < THREADS_MIN_NNZ or cores < 2:
+        return 1
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        load = 0.0
+    return 1 if load + 1 > cores else min(2, cores)
 
 
 def _backend_name(backend, device):
