@@ -68,7 +68,7 @@ def _spec(value):
     return ty, attr
 
 
-def _record_launches(quick: bool) -> dict:
+def _record_launches(quick: bool, families=None) -> dict:
     import torch
     import triton  # noqa: F401
     from triton.runtime.interpreter import InterpretedFunction
@@ -106,6 +106,8 @@ def _record_launches(quick: bool) -> dict:
 
     InterpretedFunction.run = run
     for name, fn in _drivers(quick):
+        if families and name.split()[0] not in families:
+            continue
         state["driver"] = name
         try:
             fn()
@@ -542,6 +544,8 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per compile job before it is killed")
     ap.add_argument("--max-seconds", type=float, default=60.0, help="gate: slowest allowed compile")
     ap.add_argument("--kernel", action="append", default=None, help="only jobs of this kernel (repeatable)")
+    ap.add_argument("--family", action="append", default=None, choices=["dense", "sparse", "small"],
+                    help="only these driver families (repeatable; default all)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--record", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -551,7 +555,7 @@ def main(argv=None) -> int:
         return 0
     if a.record:
         sys.path[:0] = [str(ROOT), str(ROOT / "python")]
-        rec = _record_launches(a.quick)
+        rec = _record_launches(a.quick, a.family)
         Path(a.record).write_text(json.dumps(rec, default=str))
         return 0
 
@@ -563,6 +567,8 @@ def main(argv=None) -> int:
         rec_path = Path(tmp) / "launches.json"
         env = dict(os.environ, TRITON_INTERPRET="1")
         cmd = [sys.executable, __file__, "--record", str(rec_path)] + (["--quick"] if a.quick else [])
+        for f in a.family or []:
+            cmd += ["--family", f]
         t0 = time.perf_counter()
         subprocess.run(cmd, env=env, cwd=ROOT, check=True)
         rec = json.loads(rec_path.read_text())
@@ -585,7 +591,8 @@ def main(argv=None) -> int:
     meta = {**_versions(), "arch": a.arch, "quick": a.quick, "workers": a.workers, "max_seconds": a.max_seconds,
             "smem_limit": SMEM_LIMIT, "n_jobs": len(jobs), "n_bad": n_bad,
             "wall_s": round(time.perf_counter() - t_start, 1),
-            "command": "python bench/compile_report.py" + (" --quick" if a.quick else "")}
+            "command": "python bench/compile_report.py" + (" --quick" if a.quick else "")
+            + "".join(f" --family {f}" for f in a.family or [])}
     doc = {"meta": meta, "summary": summary, "unlaunched_jit_functions": unlaunched,
            "driver_errors": rec["driver_errors"],
            "jobs": [{**j, "result": r, "verdict": _verdict(r, a.max_seconds)} for j, r in rows]}

@@ -41,6 +41,9 @@ Both variants need the whole d in registers: d ≤ ``MAX_FUSED_D`` (128). For la
 backward falls back to E from the forward kernel followed by two torch matmuls (documented
 fallback; the forward kernel itself handles any d).
 
+Every accumulating ``tl.dot`` names ``out_dtype`` (the input dtype): triton 3.6 asserts that a
+float64 accumulator matches ``out_dtype``, whose default is float32; 3.9 does not check.
+
 ``tl.dot`` uses ``input_precision="ieee"`` (exact float32 products on the GPU). The residual
 is a difference of two comparable numbers, so TF32's 10-bit mantissa in U V would show up
 directly in E; do not relax it here.
@@ -129,7 +132,7 @@ def _fwd_kernel(
         k_ok = rk < d
         u = tl.load(U + rm64[:, None] * s_um + rk[None, :] * s_ud, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
         v = tl.load(V + rk[:, None] * s_vd + rn64[None, :] * s_vn, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
-        acc = tl.dot(u, v, acc, input_precision=PREC)
+        acc = tl.dot(u, v, acc, input_precision=PREC, out_dtype=U.dtype.element_ty)
 
     inb = m_ok[:, None] & n_ok[None, :]
     x = tl.load(X + rm64[:, None] * s_xm + rn64[None, :] * s_xn, mask=inb, other=0.0)
@@ -183,7 +186,7 @@ def _rq_kernel(
         else:
             obs = (x == x) & inb
         e = tl.where(obs, p - x, 0.0) * scale
-        r_acc = tl.dot(e, tl.trans(v), r_acc, input_precision=PREC)
+        r_acc = tl.dot(e, tl.trans(v), r_acc, input_precision=PREC, out_dtype=U.dtype.element_ty)
         if WRITE_Q:
             qc = tl.dot(tl.trans(e), u, input_precision=PREC)
             tl.atomic_add(
