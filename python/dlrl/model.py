@@ -1210,7 +1210,7 @@ class DLRL(nn.Module):
             "activation": self.activation_used,
             "stop_reason": self.stop_reason,
             "world_size": self.world_size,
-            "tuning_report": self.tuning_report,
+            "tuning_report": _plain(self.tuning_report),
         }, path)
         return path
 
@@ -1298,6 +1298,24 @@ def _read_checkpoint(path, name, map_location="cpu"):
         raise ValueError(f"{name}: {path} is not a DLRL checkpoint (no model configuration)")
     state["_path"] = str(path)
     return state
+
+
+def _plain(obj):
+    """Plain Python data (what a weights_only checkpoint may hold): numpy scalars and other
+    numbers become float/int, unknown objects their str."""
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu().tolist()
+    try:
+        f = float(obj)
+        return int(f) if f.is_integer() and "int" in type(obj).__name__ else f
+    except (TypeError, ValueError):
+        return str(obj)
 
 
 def _clone_state(sd):
