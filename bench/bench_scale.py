@@ -100,6 +100,12 @@ def _load(folder: Path):
 
 
 def _rss_peak() -> int:
+    """Peak RSS of this process image (VmHWM). Not ru_maxrss: Linux carries ru_maxrss across
+    fork + exec, so a child would report its parent's peak (the data generation) instead."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
@@ -415,6 +421,8 @@ def main(argv=None):
     ap.add_argument("--name", default="scale_cpu")
     ap.add_argument("--dp", action="store_true", help="data-parallel epoch under torchrun (see dp_worker)")
     ap.add_argument("--dp-epochs", type=int, default=6)
+    ap.add_argument("--merge-memory", nargs=2, metavar=("RESULTS", "MEMORY"),
+                    help="rewrite RESULTS (json) with the peak memory of MEMORY (json), then its .md")
     ap.add_argument("--child-method", help=argparse.SUPPRESS)
     ap.add_argument("--child-data", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -422,6 +430,12 @@ def main(argv=None):
         return child(args)
     if args.dp:
         return dp_worker(args)
+    if args.merge_memory:
+        res_path, mem_path = map(Path, args.merge_memory)
+        results = merge_memory(json.loads(res_path.read_text()), json.loads(mem_path.read_text()))
+        res_path.write_text(json.dumps(results, indent=1))
+        res_path.with_suffix(".md").write_text(table(results))
+        return results
     if args.quick:
         args.sizes = [1e4]  # (LibMF's scheduler hung on 2e3 ratings spread over 138k x 27k)
         args.epochs = min(args.epochs, 8)
@@ -466,7 +480,7 @@ def main(argv=None):
             print(f"nnz={nnz:>9} {method:9s} " + (
                 rec["error"][:300] if "error" in rec else
                 f"epoch {rec['epoch_s']:.4f} s  fit {rec['fit_s']:.1f} s  val {rec['final_val_rmse']:.4f}  "
-                f"{rec['bytes_per_rating']:.0f} B/rating"), flush=True)
+                f"{rec['bytes_per_rating']:.0f} B/rating, peak {rec['peak_rss_bytes'] / 2**20:.0f} MB"), flush=True)
             _finish(results, args, out)  # keep what finished
     _finish(results, args, out)
     return results
@@ -498,6 +512,26 @@ def _finish(results, args, out):
         print(f"plot failed: {exc}", file=sys.stderr)
 
 
+def merge_memory(results, memory):
+    """Take peak RSS and bytes per rating from a memory run (``--name ..._memory``, same sizes,
+    few epochs) into ``results``: for a run whose own figures came from ru_maxrss (inherited
+    from the driver, see _rss_peak)."""
+    mem = {(r["nnz"], r["method"]): r for r in memory["runs"] if "peak_rss_bytes" in r}
+    for r in results["runs"]:
+        m = mem.get((r["nnz"], r["method"]))
+        if "peak_rss_bytes" in r:
+            r["peak_rss_bytes_ru_maxrss"] = r.pop("peak_rss_bytes")
+            r["bytes_per_rating_ru_maxrss"] = r.pop("bytes_per_rating")
+        if m is not None:
+            r["peak_rss_bytes"] = m["peak_rss_bytes"]
+            r["bytes_per_rating"] = m["bytes_per_rating"]
+    results["memory_note"] = (
+        "Peak RSS and bytes/rating: from the memory run (same data, VmHWM of each method's process, "
+        f"`{memory['command']}`); this run's own figures (ru_maxrss, which Linux carries over from the "
+        "driver across fork + exec) are kept as *_ru_maxrss in the JSON and are not valid.")
+    return results
+
+
 def _fmt(x, spec):
     return "—" if x is None else format(x, spec)
 
@@ -507,6 +541,7 @@ def table(results) -> str:
              f"noise σ={NOISE}; 90/10 train/validation; {results['threads']} thread(s); "
              f"{results['machine']['cpu']}, load average at start {results['machine']['loadavg_at_start'][0]:.2f} "
              f"(shared machine). Command: `{results['command']}`.", "",
+             *([results["memory_note"], ""] if results.get("memory_note") else []),
              "| nnz | method | epoch (s) | DLRL epoch ÷ this | fit (s) | epochs | final val RMSE | "
              "target | time to target (s) | DLRL ÷ this | peak RSS (MB) | bytes / rating |",
              "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -519,7 +554,8 @@ def table(results) -> str:
             f"| {r['nnz']:.0e} | {r['method']} | {r['epoch_s']:.4g} | {_fmt(r.get('dlrl_epoch_ratio'), '.3g')} | "
             f"{r['fit_s']:.3g} | {r['epochs']} | {r['final_val_rmse']:.4f} | {_fmt(r.get('target_val_rmse'), '.4f')} | "
             f"{_fmt(r.get('time_to_target_s'), '.3g')} | {_fmt(r.get('dlrl_time_to_target_ratio'), '.3g')} | "
-            f"{r['peak_rss_bytes'] / 2**20:.0f} | {r['bytes_per_rating']:.0f} |")
+            f"{_fmt(None if r.get('peak_rss_bytes') is None else r['peak_rss_bytes'] / 2**20, '.0f')} | "
+            f"{_fmt(r.get('bytes_per_rating'), '.0f')} |")
     return "\n".join(lines) + "\n"
 
 
