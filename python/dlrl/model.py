@@ -482,7 +482,11 @@ class DLRL(nn.Module):
         pat = obs.pattern
         e = dk.masked_residual_sparse(Xs, obs.rows, obs.cols, target, backend=cfg.backend, pattern=pat)
         m, n = cfg.shape
-        E = torch.sparse_csr_tensor(pat.crow, pat.cols, e, (m, n), check_invariants=False)
+        import warnings
+
+        with warnings.catch_warnings():  # torch's "sparse CSR support is in beta" notice, once per fit
+            warnings.simplefilter("ignore", UserWarning)
+            E = torch.sparse_csr_tensor(pat.crow, pat.cols, e, (m, n), check_invariants=False)
         grads = [G.to_dense() if G.layout != torch.strided else G for G in dk.chain_grad(Xs, E)]
         if ctx is not None:
             ctx.all_reduce_(grads)
