@@ -416,6 +416,7 @@ class DLRL(nn.Module):
         self._opt = None
         self._sched = None
         self._best = None
+        self._carry_best = None
         if device is not None:
             self.to(device)
 
@@ -1026,6 +1027,9 @@ class DLRL(nn.Module):
 
         carry = cfg.refresh == "carry"
         carry_best = {"loss": float("inf"), "epoch": -1, "state": None, "prep": None}
+        if state is not None and state.get("carry_best"):
+            carry_best = dict(state["carry_best"])
+        self._carry_best = carry_best
         every_epoch = val is not None or callback is not None or carry
         pend = []
         nonfinite = torch.zeros((), dtype=torch.bool, device=dev)
@@ -1092,6 +1096,7 @@ class DLRL(nn.Module):
                     if jv < carry_best["loss"]:  # the state that gave this loss (before the step)
                         carry_best = {"loss": jv, "epoch": epoch, "state": _clone_state(self.state_dict()),
                                       "prep": {k: v.clone() for k, v in self._prep.items()}}
+                        self._carry_best = carry_best
                 nonfinite = nonfinite | ~torch.isfinite(Jd)
                 opt.step()
                 sched.step(Jd)
@@ -1209,6 +1214,7 @@ class DLRL(nn.Module):
             "epoch": (self.history[-1]["epoch"] if self.history else -1) if epoch is None else int(epoch),
             "history": self.history,
             "best": best,
+            "carry_best": getattr(self, "_carry_best", None),  # refresh="carry": its lowest-loss state
             "fit_seconds": self.fit_seconds,
             "prep": self._prep,  # per-data constants: exact resume, and a loaded model predicts at once
             "activation": self.activation_used,
