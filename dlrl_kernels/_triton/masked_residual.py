@@ -88,7 +88,7 @@ _FWD_MIN_TILE = min(c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] for c in list(_FWD
 RQ_TILES = {
     (torch.float32, 16): (32, 32, 4),
     (torch.float32, 32): (32, 32, 4),
-    (torch.float32, 64): (16, 32, 4),
+    (torch.float32, 64): (16, 16, 4),
     (torch.float32, 128): (32, 16, 8),
     (torch.float64, 16): (16, 32, 4),
     (torch.float64, 32): (16, 16, 4),

@@ -35,13 +35,18 @@ import torch
 import triton
 import triton.language as tl
 
-from . import check_dtype, configs, next_pow2, scale_tensor
+from . import check_dtype, configs, scale_tensor
 
 DEFAULT_RQ_VARIANT = "atomic"
 _I32 = 2**31 - 1
+#: columns of the factors per inner step. Measured for sm_90 (bench/compile_report.py): with 64
+#: the BLOCK_K × 64 gathers (values plus 64-bit addresses) spilled in every BLOCK_K config
+#: (sddmm 640 B, scatter up to 2.2 kB, segment 8 B, float32); with 16 they compile spill-free
+#: (sddmm 166, scatter 212, segment 40 registers at BLOCK_K 256/256/128, float32).
+BLOCK_D = 16
 
-# BLOCK_K = 512 (with BLOCK_D = 64) spilled (≈ 850 B float32, 4-20 kB float64) when compiled
-# for sm_90; up to 256 is spill-free (bench/results/compile_sm90.md), so the list stops there.
+# BLOCK_K = 512 spilled in every variant when compiled for sm_90; the list stops at 256
+# (bench/results/compile_sm90.md).
 _BLOCK_CONFIGS = configs(
     [
         triton.Config({"BLOCK_K": bk}, num_warps=w, num_stages=s)
@@ -212,7 +217,7 @@ def sparse_residual(U, Vt, rows, cols, values):
         U, Vt, rows, cols, values, out,
         nnz, d,
         U.stride(0), U.stride(1), Vt.stride(0), Vt.stride(1),
-        IDX64=_idx64(nnz, m, n, d), BLOCK_D=min(next_pow2(d), 64),
+        IDX64=_idx64(nnz, m, n, d), BLOCK_D=BLOCK_D,
     )
     return out
 
@@ -241,7 +246,7 @@ def _launch_segment(ptr, perm, gidx, e, s, src, out, idx64):
         ptr, perm if perm is not None else ptr, gidx, e, s, src, out,
         nseg, d,
         src.stride(0), src.stride(1), out.stride(0), out.stride(1),
-        HAS_PERM=perm is not None, IDX64=idx64, BLOCK_D=min(next_pow2(d), 64),
+        HAS_PERM=perm is not None, IDX64=idx64, BLOCK_D=BLOCK_D,
     )
 
 
@@ -276,7 +281,7 @@ def sparse_rq(U, Vt, rows, cols, e, scale, m, n, variant=None):
             U.stride(0), U.stride(1), Vt.stride(0), Vt.stride(1),
             R.stride(0), R.stride(1), Q.stride(0), Q.stride(1),
             DO_R=not seg_r, DO_Q=not seg_q,
-            IDX64=idx64, BLOCK_D=min(next_pow2(d), 64),
+            IDX64=idx64, BLOCK_D=BLOCK_D,
         )
     if seg_r:
         ptr, perm = _segments(rows, m)
