@@ -466,7 +466,7 @@ def gram_pinv(G, rtol=None, mm=mm_torch, gram_fn=None):
 
 # ============================================================================ power iteration
 def default_power_tol(dtype):
-    """Relative change of the Rayleigh quotient below which the power iteration stops:
+    """Relative change of the Rayleigh quotient below which the power iteration may stop:
     16·eps (the quotient has converged to rounding, or stagnates on a tie λ₁ = λ₂)."""
     return 16 * torch.finfo(dtype).eps
 
@@ -475,31 +475,38 @@ def power_iteration(S, iters=30, tol=None, mm=mm_torch):
     """(λ_max, v) of symmetric PSD S (..., d, d) by power iteration, matmul only.
 
     Start: the normalised all-ones vector plus a small deterministic ramp (not orthogonal to
-    the top eigenvector in the symmetric cases where ones would be). Each matrix stops when
-    its Rayleigh quotient changes by ≤ tol·|λ| (default ``default_power_tol``) or after
-    ``iters`` steps (a cap; the estimate is a lower bound converging as (λ₂/λ₁)^{2k}).
-    Loops over a batch break as soon as every matrix stopped (on CPU every step, on a GPU
-    every 8 steps: one host read each).
+    the top eigenvector in the symmetric cases where ones would be). Stop rule per matrix:
+    the vector has converged, ‖v_{k+1} − v_k‖ ≤ 8·d·eps (the gradient v vᵀ needs v, which
+    converges only as (λ₂/λ₁)^k while λ converges as its square), or the Rayleigh quotient
+    changed by ≤ tol·|λ| (default ``default_power_tol``) and the vector step stopped
+    shrinking (its rounding floor: no endless loop) — or after ``iters`` steps (a cap; the
+    estimate is a lower bound converging as (λ₂/λ₁)^{2k}). Loops over a batch break as soon
+    as every matrix stopped (on CPU every step, on a GPU every 8 steps: one host read each).
     """
     if tol is None:
         tol = default_power_tol(S.dtype)
     d = S.shape[-1]
     tiny = torch.finfo(S.dtype).tiny
+    vtol = 8 * d * torch.finfo(S.dtype).eps
     v = torch.ones((*S.shape[:-1], 1), dtype=S.dtype, device=S.device)
     v = v + 1e-3 * torch.arange(d, dtype=S.dtype, device=S.device)[:, None] / max(d, 1)
     v = v / torch.linalg.vector_norm(v, dim=-2, keepdim=True)
     w = mm(S, v)
     lam = (v * w).sum((-2, -1))
     active = torch.ones(S.shape[:-2], dtype=torch.bool, device=S.device)
+    dv_prev = torch.full(S.shape[:-2], float("inf"), dtype=S.dtype, device=S.device)
     for k in range(iters):
         nw = torch.linalg.vector_norm(w, dim=-2, keepdim=True)
         vn = w / nw.clamp_min(tiny)
         wn = mm(S, vn)
         lamn = (vn * wn).sum((-2, -1))
+        dv = torch.linalg.vector_norm(vn - v, dim=(-2, -1))
         a = active[..., None, None]
         v, w = torch.where(a, vn, v), torch.where(a, wn, w)
-        conv = (lamn - lam).abs() <= tol * lamn.abs()
+        rq_conv = (lamn - lam).abs() <= tol * lamn.abs()
+        conv = (dv <= vtol) | (rq_conv & (dv >= dv_prev))
         lam = torch.where(active, lamn, lam)
+        dv_prev = torch.where(active, dv, dv_prev)
         active = active & ~conv & torch.isfinite(lamn)
         if (S.device.type == "cpu" or k % 8 == 7) and not bool(active.any()):
             break
