@@ -58,6 +58,11 @@ from . import check_dtype, configs, next_pow2, num_sms, scale_tensor, ON_GPU
 
 MAX_FUSED_D = 128
 DEFAULT_RQ_VARIANT = "fused"
+#: triton 3.6 (the lent GPU image) fails to lower the float64 ``_rq_kernel`` for sm_90
+#: ("PassManager::run failed" in make_llir; float32 and the float64 forward compile): there
+#: the float64 backward takes the forward-kernel + two-matmul path of d > MAX_FUSED_D.
+_TRITON_VERSION = tuple(int(x) for x in triton.__version__.split(".")[:2] if x.isdigit())
+FUSED_RQ_FLOAT64 = _TRITON_VERSION >= (3, 7)
 
 # ----------------------------------------------------------------------------- configs
 # Measured with bench/compile_report.py (sm_90, float32 products with input_precision="ieee",
@@ -290,8 +295,9 @@ def dense_residual_rq(U, V, X, mask, scale, variant=None, split=None):
     Q = torch.zeros((n, d), dtype=X.dtype, device=X.device)
     if m == 0 or n == 0 or d == 0:
         return R, Q
-    if d > MAX_FUSED_D:
-        # whole-d register blocks would spill: E from the fused forward, then two matmuls
+    if d > MAX_FUSED_D or (X.dtype == torch.float64 and not FUSED_RQ_FLOAT64):
+        # whole-d register blocks would spill (or triton 3.6 cannot lower the float64 kernel):
+        # E from the fused forward, then two matmuls
         _, E = dense_residual_loss(U, V, X, mask, True)
         E = E * s[0]
         return E @ V.t(), E.t() @ U
