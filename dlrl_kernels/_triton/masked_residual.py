@@ -97,7 +97,7 @@ RQ_TILES = {
     (torch.float32, 128): (32, 16, 8),
     (torch.float64, 16): (16, 32, 4),
     (torch.float64, 32): (16, 16, 4),
-    (torch.float64, 64): (16, 16, 8),
+    (torch.float64, 64): (16, 16, 4),
     (torch.float64, 128): (16, 16, 8),
 }
 
