@@ -58,11 +58,12 @@ from . import check_dtype, configs, next_pow2, num_sms, scale_tensor, ON_GPU
 
 MAX_FUSED_D = 128
 DEFAULT_RQ_VARIANT = "fused"
-#: triton 3.6 (the lent GPU image) fails to lower the float64 ``_rq_kernel`` for sm_90
-#: ("PassManager::run failed" in make_llir; float32 and the float64 forward compile): there
-#: the float64 backward takes the forward-kernel + two-matmul path of d > MAX_FUSED_D.
+#: The float64 backward takes the forward-kernel + two-matmul path of d > MAX_FUSED_D: triton
+#: 3.6 (the lent GPU image) fails to lower the float64 ``_rq_kernel`` for sm_90 ("PassManager::
+#: run failed" in make_llir), and with 3.9 two of its 24 float64 specialisations still spill
+#: 4 B (bench/results/compile_sm90_rq.md). float64 on a GPU is for accuracy, not speed.
 _TRITON_VERSION = tuple(int(x) for x in triton.__version__.split(".")[:2] if x.isdigit())
-FUSED_RQ_FLOAT64 = _TRITON_VERSION >= (3, 7)
+FUSED_RQ_FLOAT64 = False
 
 # ----------------------------------------------------------------------------- configs
 # Measured with bench/compile_report.py (sm_90, float32 products with input_precision="ieee",
