@@ -162,7 +162,7 @@ def _drivers(quick: bool):
     # divisible by 16 (a specialisation of its own)
     dense_ds = (33,) if quick else (33, 64, 100)
     sparse_ds = (33,)
-    small_ds = (20,) if quick else (20, 64, 128)
+    small_ds = (20,) if quick else (16, 20, 33, 64, 128)
 
     def rnd(*shape, dtype):
         return torch.randn(*shape, generator=g, dtype=dtype)
@@ -202,26 +202,27 @@ def _drivers(quick: bool):
         return go
 
     def small_driver(d, dtype):
+        # The small d×d ops are _newton's iterations over one batched GEMM (bmm) plus the Gram;
+        # which launches exist depends on the tile shapes only, not on how many steps run, so
+        # the GEMM is driven directly at every (BM, BN, BK, epilogue) it can take for this d
+        # (an interpreted Newton solve at d = 128 makes hundreds of slow launches), and the
+        # public ops end to end at the smallest d.
+        from dlrl_kernels._triton import small_matrix as sm
+
         def go():
-            B = 2
-            Y = rnd(B, d + 3, d, dtype=dtype)
-            S = Y.transpose(-1, -2) @ Y / (d + 3)
-            S.requires_grad_(True)
-            calls = [
-                lambda: dk.gram(Y, backend="triton"),
-                lambda: dk.pinv(S, method="newton", backend="triton").sum().backward(),
-                lambda: dk.spd_power(S, 0.5, method="newton", backend="triton").sum().backward(),
-                lambda: dk.spd_power(S, -0.25, method="newton", backend="triton").sum().backward(),
-                lambda: dk.spectral_norm_sq(Y, method="power", backend="triton"),
-            ]
-            errs = []
-            for c in calls:
-                try:
-                    c()
-                except Exception as exc:
-                    errs.append(f"{type(exc).__name__}: {exc}")
-            if errs:
-                raise RuntimeError("; ".join(errs))
+            Y = rnd(2, d + 3, d, dtype=dtype)
+            sm.gram(Y)
+            for k in sorted({16, d}):
+                A, Bm = rnd(2, d, k, dtype=dtype), rnd(2, k, d, dtype=dtype)
+                for diag, scale in ((0.0, 1.0), (1.5, 1.0), (0.0, -0.5), (1.5, -0.5)):
+                    sm.bmm(A, Bm, diag=diag, scale=scale)
+            if d <= 32:
+                S = Y.transpose(-1, -2) @ Y / (d + 3)
+                S.requires_grad_(True)
+                dk.gram(Y, backend="triton")
+                dk.pinv(S.detach(), method="newton", backend="triton")
+                dk.spd_power(S, 0.5, method="newton", backend="triton").sum().backward()
+                dk.spectral_norm_sq(Y, method="power", backend="triton")
         return go
 
     out = []

@@ -31,10 +31,9 @@ def test_quick_compile_report_passes_the_gate(tmp_path):
     env.pop("TRITON_INTERPRET", None)
     out = tmp_path / "compile_sm90"
     proc = subprocess.run(
-        # the residual kernels (dense, sparse); the small d×d family joins the gate with its
-        # redesign (add "--family", "small")
+        # every family: the residual kernels (dense, sparse) and the small d×d GEMM / Gram
         [sys.executable, str(ROOT / "bench" / "compile_report.py"), "--quick", "--out", str(out),
-         "--family", "dense", "--family", "sparse",
+         "--family", "dense", "--family", "sparse", "--family", "small",
          "--workers", "2", "--timeout", "120", "--max-seconds", "60"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )
@@ -44,9 +43,10 @@ def test_quick_compile_report_passes_the_gate(tmp_path):
     assert not doc["driver_errors"], doc["driver_errors"]
     assert doc["jobs"], "no launch was recorded"
     assert not bad, bad
-    # the residual kernels are all covered, with every autotune candidate
+    # every kernel family is covered, with every autotune candidate
     kernels = {j["kernel"] for j in doc["jobs"]}
-    assert {"_fwd_kernel", "_rq_kernel", "_sddmm_kernel", "_scatter_kernel", "_segment_kernel"} <= kernels
+    assert {"_fwd_kernel", "_rq_kernel", "_sddmm_kernel", "_scatter_kernel", "_segment_kernel",
+            "_bmm_kernel", "_gram_kernel"} <= kernels
     for j in doc["jobs"]:
         r = j["result"]
         assert r["spill_stores"] == 0 and r["shared_bytes"] <= doc["meta"]["smem_limit"], j

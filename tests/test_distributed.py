@@ -250,3 +250,33 @@ def test_two_process_fit_matches_one_process(torchrun_run):
 
 if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "--worker":
     sys.exit(_worker(Path(sys.argv[2])))
+
+
+def test_cli_fit_under_torchrun_matches_one_process(tmp_path):
+    """`torchrun … -m dlrl fit FILE --json` (the README's line): rank 0 alone writes, the JSON
+    reports world_size 2 and the test RMSE of one process (float32: within 1e-3)."""
+    g = torch.Generator().manual_seed(5)
+    m, n = 40, 30
+    U, V = torch.rand(m, 3, generator=g), torch.rand(3, n, generator=g)
+    full = (1 + 4 * (U @ V) / (U @ V).max()).round().clamp(1, 5)
+    keep = torch.rand(m, n, generator=g) < 0.5
+    r, c = keep.nonzero(as_tuple=True)
+    lines = [f"{int(a) + 1}\t{int(b) + 1}\t{int(full[a, b])}\t0" for a, b in zip(r, c)]
+    data = tmp_path / "ratings.data"
+    data.write_text("\n".join(lines) + "\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    common = [str(data), "--no-tune", "--epochs", "15", "--quiet"]
+    one = subprocess.run([sys.executable, "-m", "dlrl", "fit", *common, "--json", str(tmp_path / "one.json")],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "dlrl", "fit", *common, "--json", str(tmp_path / "two.json")],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stdout[-2000:] + two.stderr[-2000:]
+    a = json.loads((tmp_path / "one.json").read_text())
+    b = json.loads((tmp_path / "two.json").read_text())
+    assert a["world_size"] == 1 and b["world_size"] == 2
+    assert abs(a["test_rmse"] - b["test_rmse"]) <= 1e-3, (a["test_rmse"], b["test_rmse"])
+    # one "wrote" line: rank 1 printed nothing of its own
+    assert two.stdout.count("wrote ") == 1, two.stdout

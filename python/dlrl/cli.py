@@ -364,7 +364,15 @@ def cmd_fit(a):
         rank = min(20, m, n) if a.rank is None else a.rank
         model = DLRL(train.shape, **_model_kwargs(a, clip=clip, rank=rank, device=device))
     fit_kw = _fit_kwargs(a, model.fit)
-    print(f"dlrl fit: {train.name}: {m}×{n}, {train.nnz} training ratings, "
+    # under torchrun every rank runs this command on the full data (fit shards it); rank 0
+    # alone prints, shows the progress bar and writes the JSON, plot and checkpoints
+    from .distributed import is_main
+
+    main = is_main()
+    if not main:
+        fit_kw["progress"] = False
+    print_ = print if main else (lambda *args, **kw: None)
+    print_(f"dlrl fit: {train.name}: {m}×{n}, {train.nnz} training ratings, "
           f"{test.nnz} test ratings, scale {train.scale}", flush=True)
     interrupted = False
     try:
@@ -372,7 +380,7 @@ def cmd_fit(a):
                   checkpoint=a.save, **fit_kw)
     except KeyboardInterrupt:
         interrupted = True
-        if a.save and getattr(model, "stop_reason", None) != "interrupted":  # fit did not save it itself
+        if main and a.save and getattr(model, "stop_reason", None) != "interrupted":  # fit did not save it itself
             _save_checkpoint(model, a.save)
         model.stop_reason = "interrupted"
     test_rmse = test_mae = None
@@ -397,9 +405,12 @@ def cmd_fit(a):
         "config": {k: v for k, v in vars(a).items() if k not in ("func",)},
         "train_nnz": train.nnz,
         "test_nnz": test.nnz,
+        "world_size": int(getattr(model, "world_size", 1) or 1),
         "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d"),
     }
+    if not main:
+        return res
     if a.json:
         atomic_write_text(a.json, json.dumps(res, indent=2, default=str))
     if interrupted:
@@ -408,7 +419,8 @@ def cmd_fit(a):
               + (f"; results in {a.json}" if a.json else ""), file=sys.stderr, flush=True)
         return res
     print(f"test RMSE {res['test_rmse']:.4f}   test MAE {res['test_mae']:.4f}   fit {res['fit_seconds']:.2f} s   "
-          f"{res['epochs']} epochs ({res['stop_reason']})   backend {res['backend']} on {res['device']}   mode {res['mode']}")
+          f"{res['epochs']} epochs ({res['stop_reason']})   backend {res['backend']} on {res['device']}   mode {res['mode']}"
+          + (f"   {res['world_size']} processes" if res["world_size"] > 1 else ""))
     if a.save:  # fit() wrote it (optimiser and schedule included) every 50 epochs and at the end
         print(f"checkpoint: {a.save} (continue with --resume {a.save} --save {a.save})")
     if a.json:
