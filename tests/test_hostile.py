@@ -805,12 +805,7 @@ def ctx(tmp_path_factory):
 
 
 #: cases that fail because of code this suite's author does not own: the owner and the fix needed
-KNOWN = {
-    "sp-rows-float": "owner: H1/H2 (dlrl_kernels/ops/masked_residual_sparse.py sparse_pattern): reject "
-                     "non-integer rows/cols ('rows: expected an integer tensor (int32/int64), got float64')",
-    "sp-shape-negative": "owner: H1/H2 (sparse_pattern): validate shape (two positive ints, 'shape: ...') "
-                         "before the index ranges",
-}
+KNOWN: dict = {}
 
 
 def _param(case):

@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import warnings
 
+import operator
+
 import torch
 
 from types import SimpleNamespace
@@ -91,9 +93,19 @@ class SparsePattern:
 def sparse_pattern(rows, cols, shape):
     """A :class:`SparsePattern` for repeated losses on the same observed positions."""
     rows, cols = torch.as_tensor(rows), torch.as_tensor(cols)
+    for name, t in (("rows", rows), ("cols", cols)):
+        # float indices would be truncated silently (1.9 -> 1): refuse them
+        if t.dtype not in (torch.int32, torch.int64):
+            raise TypeError(f"{name}: expected an integer tensor (int32/int64), got {t.dtype}")
     if rows.shape != cols.shape or rows.dim() != 1:
         raise ValueError(f"rows/cols: expected two 1-D tensors of equal length, got {tuple(rows.shape)} and {tuple(cols.shape)}")
-    m, n = int(shape[0]), int(shape[1])
+    try:  # operator.index: Python, numpy and 0-d torch integers; floats and bools are refused
+        m, n = (operator.index(s) for s in shape) if not isinstance(shape, (str, bytes)) else (None, None)
+        ok = not any(isinstance(s, bool) for s in shape) and m > 0 and n > 0
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"shape: expected (n_rows, n_cols), two positive ints, got {shape!r}")
     if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= m):
         raise ValueError(f"rows: expected indices in [0, {m}), got range [{int(rows.min())}, {int(rows.max())}]")
     if cols.numel() and (int(cols.min()) < 0 or int(cols.max()) >= n):
