@@ -149,8 +149,21 @@ def compare(gen, h, kw, shape, cond, dtype, rank=None):
 @pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
 @pytest.mark.parametrize("h,kw", H_CASES, ids=H_IDS)
 def test_matches_exact_float64(gen, h, kw, shape, cond):
+    state = gen.get_state()
     ev, eg = compare(gen, h, kw, shape, cond, torch.float64)
     tv, tg = tolerance(h, torch.float64, cond)
+    if h in ("mcp", "scad"):
+        # h' has a kink at each breakpoint; a singular value near one gets a derivative error
+        # that grows with the nearness (measured: σ 3.3e-6·σ₁ from SCAD's λ gave 1.65e-7, seed
+        # 503334876; 480 draws without such a near hit stay below 3e-11)
+        gen.set_state(state)
+        S64, _, _, s1 = make(gen, shape, cond, None)
+        lam = params(h, kw, s1, cond)["thresh"]
+        gamma = kw.get("gamma", 3.0 if h == "mcp" else 3.7)
+        bps = torch.tensor([gamma * lam] if h == "mcp" else [lam, gamma * lam], dtype=torch.float64)
+        near = float(((torch.linalg.svdvals(S64)[..., None] - bps).abs() / s1).min())
+        if near < 1e-4:
+            tg = max(tg, 0.1 * near)
     assert ev < tv, ev
     assert eg < tg, eg
 

@@ -61,7 +61,7 @@ DEFAULT_RQ_VARIANT = "fused"
 #: The float64 backward takes the forward-kernel + two-matmul path of d > MAX_FUSED_D: triton
 #: 3.6 (the lent GPU image) fails to lower the float64 ``_rq_kernel`` for sm_90 ("PassManager::
 #: run failed" in make_llir), and with 3.9 two of its 24 float64 specialisations still spill
-#: 4 B (bench/results/compile_sm90_rq.md). float64 on a GPU is for accuracy, not speed.
+#: 4 B (measured with the compile report). float64 on a GPU is for accuracy, not speed.
 _TRITON_VERSION = tuple(int(x) for x in triton.__version__.split(".")[:2] if x.isdigit())
 FUSED_RQ_FLOAT64 = False
 

@@ -147,7 +147,9 @@ def bmm(A, B, diag=0.0, scale=1.0):
         Ab.stride(0), Ab.stride(1), Ab.stride(2), Bb.stride(0), Bb.stride(1), Bb.stride(2),
         out.stride(0), out.stride(1), out.stride(2),
         BM=bm, BN=bn, BK=bk, HAS_DIAG=float(diag) != 0.0, HAS_SCALE=float(scale) != 1.0,
-        PREC="ieee", num_warps=4,
+        # two pipeline stages: the default three spill 8-16 B on sm_90 at the 64×64×32 fp32 and
+        # 32×32×32 fp64 tiles (bench/results/compile_sm90.md); two are spill-free at every tile
+        PREC="ieee", num_warps=4, num_stages=2,
     )
     return out.reshape(*batch, m, n)
 
