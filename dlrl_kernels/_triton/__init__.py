@@ -6,9 +6,10 @@ Modules (each implements the "backend primitives" named in the docstring of its 
   registers, mask or NaN-as-missing in the epilogue) and the fused backward (R, Q).
 - ``masked_residual_sparse``: SDDMM on COO indices and the two scatter products (atomic,
   CSR-segmented and fully deterministic variants).
-- ``small_matrix``: batched d×d work, one program per matrix: Gram, Newton–Schulz
-  pseudo-inverse, coupled Newton–Schulz square root (with its tangent), fused dyadic
-  fractional power and its backward, power iteration.
+- ``small_matrix``: batched d×d work as two kernels — a tiled batched GEMM with an
+  ``αI + βAB`` epilogue (``bmm``), which is the matmul primitive that ``dlrl_kernels._newton``
+  plugs into its one Newton–Schulz orchestration (pinv, square root, powers, power iteration,
+  their backwards), and the Gram ``YᵀY``. Tiles stay ≤ 64×64 so every d compiles spill-free.
 
 Runs on CUDA tensors, or on CPU tensors under the interpreter (``TRITON_INTERPRET=1`` set
 before this package is imported — that is how CI tests it; ``tl.dot`` is exact there).
