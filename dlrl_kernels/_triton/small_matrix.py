@@ -138,18 +138,23 @@ def bmm(A, B, diag=0.0, scale=1.0):
             out += diag * torch.eye(m, n, dtype=A.dtype, device=A.device)
         return out.reshape(*batch, m, n)
     bm, bn = _tile(m, MAX_TILE), _tile(n, MAX_TILE)
-    # 64×64×16 float64 with the epilogue spills 8 bytes on sm_90 (64×64×32 does not): the
-    # largest tile always takes the 32-wide K slice (masked when K < 32)
-    bk = MAX_BK if bm * bn >= MAX_TILE * MAX_TILE else _tile(k, MAX_BK)
+    # K-slice of the largest (64×64) tile, from the sm_90 compile report (one pipeline stage):
+    # float64 64×64×16 with the epilogue spills 8 B and 64×64×32 does not; float32 is the other
+    # way round (64×64×32 spills 8 B when the strides are not 16-aligned, 64×64×16 never)
+    if bm * bn >= MAX_TILE * MAX_TILE:
+        bk = MAX_BK if A.dtype == torch.float64 else 16
+    else:
+        bk = _tile(k, MAX_BK)
     grid = (nb, triton.cdiv(m, bm) * triton.cdiv(n, bn))
     _bmm_kernel[grid](
         Ab, Bb, out, m, n, k, float(diag), float(scale),
         Ab.stride(0), Ab.stride(1), Ab.stride(2), Bb.stride(0), Bb.stride(1), Bb.stride(2),
         out.stride(0), out.stride(1), out.stride(2),
         BM=bm, BN=bn, BK=bk, HAS_DIAG=float(diag) != 0.0, HAS_SCALE=float(scale) != 1.0,
-        # two pipeline stages: the default three spill 8-16 B on sm_90 at the 64×64×32 fp32 and
-        # 32×32×32 fp64 tiles (bench/results/compile_sm90.md); two are spill-free at every tile
-        PREC="ieee", num_warps=4, num_stages=2,
+        # one pipeline stage: with the default three, or two, some tiles spill 8-16 B on sm_90
+        # (64×64×32 fp32, 32×32×32 fp64); one stage with the K-slices above is spill-free at
+        # every tile (bench/results/compile_sm90.md). The K loop is short (d ≤ a few hundred).
+        PREC="ieee", num_warps=4, num_stages=1,
     )
     return out.reshape(*batch, m, n)
 
