@@ -187,7 +187,13 @@ def test_non_contiguous_inputs(gen, dtype):
     assert torch.equal(E, E0) and torch.equal(L, L0)
     R, Q = k.dense_residual_rq(Ut, V, Xt, Mt, 1.0, variant="split")
     R0, Q0 = k.dense_residual_rq(U, V, X, mask, 1.0, variant="split")
-    assert torch.equal(R, R0) and torch.equal(Q, Q0)
+    if dtype == torch.float64 and not getattr(k, "FUSED_RQ_FLOAT64", True):
+        # float64 (R, Q) come from the forward kernel's E and two torch matmuls, whose BLAS
+        # call differs with the operands' layout: equal to rounding, not bit for bit
+        tol = 4 * max(m, n) * eps(dtype)
+        assert rel_err(R, R0) < tol and rel_err(Q, Q0) < tol
+    else:
+        assert torch.equal(R, R0) and torch.equal(Q, Q0)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
