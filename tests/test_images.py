@@ -248,3 +248,107 @@ def test_rsre():
         rsre(x, torch.zeros(2, 2))
     with pytest.raises(ValueError, match="shape"):
         rsre(x[:1], x)
+
+
+# ------------------------------------------------------------------------------------------
+# Inpainting: layouts, whole-pixel validation, the ensemble
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layout,patch,offset,shape", [
+    ("channels", 4, (0, 0), (12, 10, 3)),
+    ("patches", 4, (0, 0), (12, 8, 3)),
+    ("patches", 4, (2, 2), (13, 10, 3)),  # padded to 16×12, rolled
+    ("patches", 3, (1, 0), (9, 7, 1)),
+])
+def test_image_to_matrix_round_trip(layout, patch, offset, shape):
+    from dlrl.images import image_to_matrix
+
+    img = gradient_image(*shape)
+    M, back = image_to_matrix(img, layout, patch, offset)
+    assert M.dim() == 2
+    if layout == "patches":
+        h, w, c = shape
+        assert M.shape == (patch * patch * c, -(-h // patch) * -(-w // patch))
+    assert torch.equal(back(M), img)
+    mask = torch.ones(shape, dtype=torch.bool)
+    Mm, _ = image_to_matrix(mask, layout, patch, offset)
+    # the padding is missing, every real pixel observed
+    assert int(Mm.sum()) == mask.numel()
+    # one patch column holds one patch: the 4×4 block at the top left, all channels
+    if layout == "patches" and offset == (0, 0) and shape[0] % patch == 0:
+        assert torch.equal(M[:, 0].reshape(patch, patch, shape[2]), img[:patch, :patch])
+
+
+def test_image_to_matrix_errors():
+    from dlrl.images import image_to_matrix
+
+    with pytest.raises(ValueError, match="layout"):
+        image_to_matrix(gradient_image(), "rows")
+    with pytest.raises(ValueError, match="patch"):
+        image_to_matrix(gradient_image(), "patches", patch=50)
+
+
+def _smooth_image(h=24, w=24):
+    y, x = torch.meshgrid(torch.linspace(0, 1, h, dtype=torch.float64),
+                          torch.linspace(0, 1, w, dtype=torch.float64), indexing="ij")
+    return torch.stack([200 * x * y + 20, 150 * (1 - x) + 50 * y, 100 + 80 * torch.sin(3 * x)], -1)
+
+
+def test_inpaint_never_reads_the_missing_pixels():
+    from dlrl.images import inpaint
+
+    img = _smooth_image()
+    obs = random_mask(img.shape, missing=0.4, seed=1, per_channel=False)
+    kw = dict(models=2, epochs=30, rank=8, seed=0)
+    rec, rep = inpaint(img, obs, return_report=True, **kw)
+    garbage = img.clone()
+    garbage[~obs] = 255.0 - garbage[~obs]  # change only the missing pixels
+    rec2 = inpaint(garbage, obs, **kw)
+    assert torch.equal(rec, rec2)
+    assert rec.shape == img.shape and torch.equal(rec[obs], img[obs])  # observed kept
+    assert psnr_missing(rec, img, obs) > 15  # a smooth image comes back roughly
+    assert rep["models_run"] == 2 and len(rep["members"]) == 2
+    m = rep["members"]
+    assert [x["offset"] for x in m] == [[0, 0], [2, 2]]  # the patch grid moves between members
+    assert all(math.isfinite(x["val_psnr"]) and x["epochs_run"] <= 30 for x in m)
+    assert rep["history"] and "val_rmse" in rep["history"][0]
+
+
+def test_inpaint_holds_back_whole_pixels():
+    """Every validation fold is a set of whole pixels (all channels), disjoint from the others."""
+    from dlrl.images import INPAINT_FOLDS, _pixel_folds
+
+    obs = random_mask((20, 20), missing=0.3, seed=0)
+    folds = _pixel_folds(obs, INPAINT_FOLDS, seed=0)
+    allidx = torch.cat(folds)
+    assert len(folds) == INPAINT_FOLDS and allidx.unique().numel() == allidx.numel() == int(obs.sum())
+    assert bool(obs.reshape(-1)[allidx].all())
+
+
+def test_inpaint_grayscale_channels_layout_and_budget():
+    from dlrl.images import inpaint
+
+    img = _smooth_image(16, 20)[:, :, :1]
+    obs = random_mask(img.shape[:2], missing=0.3, seed=2)
+    rec, rep = inpaint(img, obs, layout="channels", models=3, epochs=10, rank=4, budget_s=1e-9,
+                       return_report=True)
+    assert rec.shape == img.shape and rep["models_run"] == 1  # the budget stops after the first
+    assert rep["settings"]["layout"] == "channels"
+
+
+def test_inpaint_errors():
+    from dlrl.images import inpaint
+
+    img = _smooth_image(8, 8)
+    obs = random_mask(img.shape[:2], missing=0.3, seed=0)
+    with pytest.raises(ValueError, match="layout"):
+        inpaint(img, obs, layout="rows")
+    with pytest.raises(ValueError, match="models"):
+        inpaint(img, obs, models=11)
+    with pytest.raises(ValueError, match="observed"):
+        inpaint(img, obs[:4])
+    with pytest.raises(ValueError, match="observed"):
+        inpaint(img, torch.zeros(8, 8, dtype=torch.bool))
+    with pytest.raises(ValueError, match="rank"):
+        inpaint(img, obs, rank=0)

@@ -34,6 +34,10 @@ __all__ = [
     "synthetic_low_rank",
     "rsre",
     "DEFAULT_TEXT",
+    "inpaint",
+    "image_to_matrix",
+    "LAYOUTS",
+    "INPAINT_DEFAULTS",
 ]
 
 #: Text drawn by :func:`text_mask` when none is given (repeated to fill the image).
@@ -487,3 +491,212 @@ def rsre(estimate: Any, truth: Any) -> float:
     if denom == 0.0:
         raise ValueError("rsre: truth is all zeros, the relative error is undefined")
     return float(torch.linalg.vector_norm(est - tru)) / denom
+
+
+# --------------------------------------------------------------------------------------------
+# Inpainting with DLRL: a layout, whole-pixel validation, a cross-validation ensemble
+# --------------------------------------------------------------------------------------------
+
+#: how an (H, W, C) image becomes a matrix: "patches" -- every non-overlapping p×p×C patch is one
+#: column (p²C rows); "channels" -- the channels side by side, H × (C·W)
+LAYOUTS = ("patches", "channels")
+#: inpainting defaults, each chosen on validation pixels (held back from the *observed* ones,
+#: whole pixels at a time; the truth never enters).  Evidence (astronaut 128×128×3, 40 % of the
+#: pixels missing, one held-back fold of 10 % of the observed pixels, validation RMSE in [0, 1]
+#: units): layout channels 0.132 vs 4×4 patches 0.111 (rank 40, 2 blocks); rank 16 / 24 / 32 /
+#: 40 / 48 on patches: 0.118 / 0.112 / 0.111 / 0.111 / 0.119; 2 blocks 0.111 vs 3 blocks 0.115;
+#: Adam weight decay 1 / 3 / 10 (channels layout): 0.166 / 0.216 / 0.331 vs 0.132 without;
+#: lr 0.03 reaches the validation minimum in ~100 epochs (0.01: not reached in 300).
+#: bench/results/images.md has the per-image validation table behind INPAINT_DEFAULTS.
+INPAINT_DEFAULTS = {"layout": "patches", "patch": 4, "rank": 32, "blocks": 2, "bias": False,
+                    "weight_decay": 0.0, "lr": 0.03, "epochs": 1000, "early_stopping": 30, "models": 4}
+#: share of the observed pixels held back for validation by each ensemble member (1 / folds)
+INPAINT_FOLDS = 10
+
+
+def _grid_offsets(patch: int) -> list:
+    """Patch-grid shifts of the ensemble members: the grid moves by half a patch so that no two
+    members cut the image at the same seams (their errors differ, the average gains)."""
+    s = patch // 2
+    offs = [(0, 0), (s, s), (0, s), (s, 0)] if s > 0 else [(0, 0)]
+    return offs
+
+
+def image_to_matrix(image: torch.Tensor, layout: str = "patches", patch: int = 4,
+                    offset: tuple = (0, 0)) -> tuple:
+    """The matrix DLRL completes for ``image`` (``(H, W, C)``, any dtype, bool masks too) and the
+    function that maps such a matrix back to ``(H, W, C)``.
+
+    ``"channels"``: ``H × (C·W)``, ``[channel 0 | channel 1 | ...]``.  ``"patches"``: the image is
+    padded at the bottom/right to a multiple of ``patch`` (the padding is returned as missing when
+    the input is a bool mask, as zeros otherwise), rolled by ``offset`` (circularly), and every
+    non-overlapping ``patch × patch × C`` block becomes one column: ``patch²·C × n_patches``.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout: expected one of {LAYOUTS}, got {layout!r}")
+    if image.dim() != 3:
+        raise ValueError(f"image: expected (H, W, C), got shape {tuple(image.shape)}")
+    h, w, c = image.shape
+    if layout == "channels":
+        def back(Z):
+            return Z.reshape(h, c, w).permute(0, 2, 1)
+        return image.permute(0, 2, 1).reshape(h, c * w), back
+    p = int(patch)
+    if p < 1 or p > min(h, w):
+        raise ValueError(f"patch: expected a patch side in [1, {min(h, w)}] for a {h}×{w} image, got {patch!r}")
+    hp, wp = -(-h // p) * p, -(-w // p) * p
+    canvas = torch.zeros((hp, wp, c), dtype=image.dtype)
+    canvas[:h, :w] = image
+    dy, dx = (int(o) for o in offset)
+    canvas = torch.roll(canvas, (dy, dx), dims=(0, 1))
+    nh, nw = hp // p, wp // p
+    M = canvas.reshape(nh, p, nw, p, c).permute(1, 3, 4, 0, 2).reshape(p * p * c, nh * nw)
+
+    def back(Z):
+        full = Z.reshape(p, p, c, nh, nw).permute(3, 0, 4, 1, 2).reshape(hp, wp, c)
+        return torch.roll(full, (-dy, -dx), dims=(0, 1))[:h, :w]
+
+    return M, back
+
+
+def _pixel_folds(observed_px: torch.Tensor, folds: int, seed: int) -> list:
+    """The observed pixels (flat indices) in ``folds`` disjoint random parts (seeded)."""
+    idx = observed_px.reshape(-1).nonzero().reshape(-1)
+    perm = idx[torch.randperm(idx.numel(), generator=torch.Generator().manual_seed(int(seed)))]
+    return list(perm.chunk(folds))
+
+
+def inpaint(image: Any, observed: Any, *, layout: str | None = None, patch: int | None = None,
+            models: int | None = None, rank: int | None = None, blocks: int | None = None,
+            bias: bool | None = None, weight_decay: float | None = None, lr: float | None = None,
+            epochs: int | None = None, early_stopping: int | None = None, patience: int | None = None,
+            budget_s: float | None = None,
+            seed: int = 0, threads: int | None = 1, progress: bool = False, keep_observed: bool = True,
+            return_report: bool = False, **model_options):
+    """Fill the missing pixels of ``image`` (``(H, W, C)`` in ``0..255``; ``observed`` True where
+    known, ``(H, W)`` or ``(H, W, C)``) with DLRL -- nothing here looks at the missing pixels.
+
+    How (defaults in ``INPAINT_DEFAULTS``, each chosen on held-back *observed* pixels):
+    - the image becomes a matrix (:func:`image_to_matrix`; default 4×4×C patches as columns);
+    - the observed pixels are split into ``INPAINT_FOLDS`` (10) random parts; ensemble member
+      ``k`` is a DLRL fitted on every observed pixel except part ``k``, stopped early on part
+      ``k`` (validation holds back *whole pixels*, like the mask: holding back single channel
+      values lets the other channels of the same pixel give the answer away and makes the
+      validation error look ~2 dB better than the real one), with the patch grid shifted by
+      half a patch between members;
+    - the result is the mean of the ``models`` members (a cross-validation ensemble: +1.1 dB over
+      one member on the astronaut, the members' errors differ); with ``budget_s`` no new member
+      starts after that many seconds (at least one runs).
+    ``rank`` / ``blocks`` / ``bias`` / ``weight_decay`` / ``lr`` / ``epochs`` / ``early_stopping``
+    override the defaults (``patience``: the plateau schedule's, see ``DLRL.fit``); other keywords go to :class:`dlrl.DLRL` (``p``, ``mode``, ``dtype``,
+    ``activation``, ``device``, ...).  ``threads``: intra-op threads of each fit (1: see
+    ``DLRL.fit``).  Returns the completed ``(H, W, C)`` float64 image (observed pixels as given
+    when ``keep_observed``), and with ``return_report`` also a dict: the settings, each member's
+    validation RMSE / PSNR (``val_psnr``: an honest estimate of one member's missing-pixel PSNR),
+    epochs and seconds, and member 0's training history.
+    """
+    import time
+
+    from .model import DLRL
+
+    img = _as_tensor(image)
+    if img.dim() == 2:
+        img = img[:, :, None]
+    if img.dim() != 3:
+        raise ValueError(f"image: expected (H, W) or (H, W, C), got shape {tuple(img.shape)}")
+    h, w, c = img.shape
+    obs = observed if isinstance(observed, torch.Tensor) else torch.as_tensor(np.asarray(observed))
+    obs = obs.detach().cpu()
+    if obs.dtype != torch.bool:
+        obs = obs != 0
+    if obs.dim() == 2:
+        obs = obs[:, :, None]
+    if tuple(obs.shape[:2]) != (h, w) or obs.shape[2] not in (1, c):
+        raise ValueError(f"observed: expected a mask of shape ({h}, {w}) or ({h}, {w}, {c}), got {tuple(observed.shape)}")
+    obs = obs.expand(h, w, c).contiguous()
+    if not bool(obs.any()):
+        raise ValueError("observed: expected at least one observed pixel, got none")
+    if bool(torch.isnan(img[obs]).any()):
+        raise ValueError("image: expected no NaN at observed pixels")
+    cfg = dict(INPAINT_DEFAULTS)
+    for k, v in (("layout", layout), ("patch", patch), ("models", models), ("rank", rank), ("blocks", blocks),
+                 ("bias", bias), ("weight_decay", weight_decay), ("lr", lr), ("epochs", epochs),
+                 ("early_stopping", early_stopping)):
+        if v is not None:
+            cfg[k] = v
+    if cfg["layout"] not in LAYOUTS:
+        raise ValueError(f"layout: expected one of {LAYOUTS}, got {cfg['layout']!r}")
+    for k in ("models", "patch", "rank", "epochs", "early_stopping"):
+        v = cfg[k]
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{k}: expected a positive integer, got {v!r}")
+    if cfg["models"] > INPAINT_FOLDS:
+        raise ValueError(f"models: expected at most {INPAINT_FOLDS} (one per validation fold), got {cfg['models']}")
+    if budget_s is not None and not float(budget_s) > 0:
+        raise ValueError(f"budget_s: expected a positive number of seconds or None, got {budget_s!r}")
+    any_obs = obs.any(dim=-1)  # a pixel with at least one observed channel
+    folds = _pixel_folds(any_obs, INPAINT_FOLDS, seed)
+    if min(f.numel() for f in folds) < 1:
+        raise ValueError(f"observed: expected at least {INPAINT_FOLDS} observed pixels (validation needs "
+                         f"{INPAINT_FOLDS} parts), got {int(any_obs.sum())}")
+    vals = img[obs]
+    lo, hi = float(vals.min()), float(vals.max())
+    span = hi - lo if hi > lo else 1.0
+    target = (img - lo) / span
+    offsets = _grid_offsets(int(cfg["patch"])) if cfg["layout"] == "patches" else [(0, 0)]
+    dtype = model_options.pop("dtype", "float32")
+    fdt = torch.float64 if dtype == "float64" else torch.float32
+    members, preds, history = [], [], None
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=int(cfg["models"]), desc="DLRL inpaint", unit="model", leave=False)
+    t0 = time.perf_counter()
+    try:
+        for k in range(int(cfg["models"])):
+            if k > 0 and budget_s is not None and time.perf_counter() - t0 > float(budget_s):
+                break
+            t1 = time.perf_counter()
+            off = offsets[k % len(offsets)]
+            X, back = image_to_matrix(target, cfg["layout"], cfg["patch"], off)
+            M, _ = image_to_matrix(obs, cfg["layout"], cfg["patch"], off)
+            held = torch.zeros(h * w, dtype=torch.bool)
+            held[folds[k]] = True
+            H, _ = image_to_matrix(held.reshape(h, w, 1).expand(h, w, c).contiguous(), cfg["layout"],
+                                   cfg["patch"], off)
+            H = H & M
+            fr, fc = (M & ~H).nonzero(as_tuple=True)
+            vr, vc = H.nonzero(as_tuple=True)
+            model = DLRL(tuple(X.shape), rank=min(int(cfg["rank"]), *X.shape), blocks=int(cfg["blocks"]),
+                         bias=bool(cfg["bias"]), seed=int(seed) + k, dtype=dtype, **model_options)
+            hist = model.fit(rows=fr, cols=fc, values=X[fr, fc].to(fdt), val=(vr, vc, X[vr, vc].to(fdt)),
+                             epochs=int(cfg["epochs"]), early_stopping=int(cfg["early_stopping"]), lr=float(cfg["lr"]),
+                             weight_decay=float(cfg["weight_decay"]), patience=patience, progress=False, tune=False,
+                             threads=threads)
+            scores = [r["val_rmse"] for r in hist if "val_rmse" in r and math.isfinite(r["val_rmse"])]
+            best = min(scores) if scores else float("inf")
+            P = back(model.complete().to("cpu", torch.float64))
+            preds.append(P)
+            if history is None:
+                history = list(hist)
+            rmse255 = best * span
+            members.append({"offset": list(off), "fold": k, "val_rmse": best,
+                            "val_psnr": 20 * math.log10(255.0 / rmse255) if rmse255 > 0 else math.inf,
+                            "best_epoch": (scores.index(best) + 1) if scores else None, "epochs_run": len(hist),
+                            "seconds": time.perf_counter() - t1})
+            if bar is not None:
+                bar.set_postfix_str(f"val {members[-1]['val_psnr']:.2f} dB")
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    rec = (torch.stack(preds).mean(0) * span + lo).clamp(lo, hi)
+    if keep_observed:
+        rec = torch.where(obs, img, rec)
+    if not return_report:
+        return rec
+    report = {"settings": {**cfg, "folds": INPAINT_FOLDS, "budget_s": budget_s, "dtype": dtype, **model_options},
+              "members": members, "models_run": len(members), "seconds": time.perf_counter() - t0,
+              "mean_val_psnr": float(np.mean([m["val_psnr"] for m in members])), "history": history}
+    return rec, report
