@@ -12,9 +12,11 @@ Datasets (every one of them is evaluated on ratings no choice was made on):
   uniformly at random at the given density, 80 / 20 split (``SYNTHETIC``; data seed fixed).
 
 Methods (on exactly the same train / test ratings):
-- ``dlrl``: the library's defaults: ``DLRL(shape, clip=scale, seed=s)`` with its
-  hyper-parameters chosen by ``dlrl.tuning.choose`` on a validation part of the *training*
-  ratings (what ``fit(tune=True)`` does), then refitted on all training ratings.
+- ``dlrl``: the library's defaults for ratings, ``dlrl.tuning.fit_tuned(..., clip=scale,
+  seed=s)``: hyper-parameters chosen by ``dlrl.tuning.choose`` on validation parts of the
+  *training* ratings (one 10 % part, or pooled k-fold parts on small sets; a candidate must win
+  by more than one paired standard error), then ``dlrl.tuning.MEMBERS`` fits on all training
+  ratings (seeds s + 1000·j) whose predictions are averaged.
 - Surprise ``BaselineOnly`` (ALS, default options), ``SVD`` (default options,
   ``random_state=s``), ``SVDpp`` (default options, seed 0 only: it is slow).
 Seeds 0, 1, 2 for the seeded methods (DLRL's seed draws its init and its validation part).
@@ -25,7 +27,6 @@ fragment ``bench/results/accuracy.md`` generated from it (``--md-only`` regenera
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import math
 import os
@@ -43,8 +44,7 @@ sys.path.insert(0, str(REPO / "python"))
 from dlrl._io import atomic_write_text  # noqa: E402
 from dlrl.datasets import RatingData, load_movielens, split_canonical, split_published, split_random  # noqa: E402
 from dlrl.metrics import rmse  # noqa: E402
-from dlrl.model import DLRL  # noqa: E402
-from dlrl.tuning import choose  # noqa: E402
+from dlrl.tuning import fit_tuned  # noqa: E402
 
 ML = Path(os.environ.get("DLRL_ML100K", REPO.parent / "shared" / "data" / "ml-100k"))
 #: name: (users, items, rank, density)
@@ -92,25 +92,27 @@ def datasets(quick):
 
 
 def run_dlrl(train, test, seed, budget_s=None, max_epochs=None):
-    """``max_epochs`` (--quick only) caps the search's and the refit's epochs."""
+    """DLRL as the library's ratings defaults fit it (``dlrl.tuning.fit_tuned``: the search on
+    validation parts of the training ratings, then the averaged refits). ``max_epochs``
+    (--quick only) caps the search's and the refits' epochs."""
     shape = (train.n_users, train.n_items)
     clip = tuple(float(s) for s in train.scale)
     t0 = time.perf_counter()
-    cfg, fixed = {"clip": clip, "seed": seed}, {"clip", "seed"}
+    given = {"clip": clip}
     if max_epochs:
-        cfg["epochs"] = max_epochs
-        fixed.add("epochs")
-    res = choose(cfg, train.rows, train.cols, train.values, shape, fixed, seed=seed, budget_s=budget_s)
-    fit_kwargs = dict(res["fit_kwargs"], **({"epochs": max_epochs} if max_epochs else {}))
-    if "tune" in inspect.signature(DLRL.fit).parameters:
-        fit_kwargs["tune"] = False  # the search above is the tuning
-    model = DLRL(shape, clip=clip, seed=seed, **res["overrides"])
-    model.fit(rows=train.rows, cols=train.cols, values=train.values, progress=False, **fit_kwargs)
+        given["epochs"] = max_epochs
+    model, rep = fit_tuned(train.rows, train.cols, train.values, shape, seed=seed, budget_s=budget_s, **given)
     err = rmse(model.predict(test.rows, test.cols), test.values)
-    rep = res["report"]
-    extra = {"chosen": res["overrides"], "fit_kwargs": {k: v for k, v in fit_kwargs.items() if k != "tune"}, "tune_seconds": rep["seconds"],
-             "chosen_val_rmse": rep.get("chosen_val_rmse"),
-             "candidates": [{"params": c["params"], "val_rmse": c["val_rmse"]} for c in rep["candidates"]],
+    members = getattr(model, "members", [model])
+    chosen = {k: getattr(members[0].config, k) for k in ("blocks", "rank", "bias", "p", "weight_decay")}
+    ps = [float(x) for x in chosen["p"]]
+    chosen["p"] = ps[0] if len(set(ps)) == 1 else ps
+    extra = {"chosen": chosen, "chosen_params": rep.get("chosen"), "fit_kwargs": rep.get("fit_kwargs_used"),
+             "members": len(members), "epochs_run": [len(mm.history) for mm in members],
+             "tune_seconds": rep["seconds"], "chosen_val_rmse": rep.get("chosen_val_rmse"), "folds": rep.get("folds"),
+             "val_entries": rep.get("val_entries"), "rule_z": rep.get("rule_z"),
+             "candidates": [{"params": c["params"], "val_rmse": c["val_rmse"], "best_epoch": c.get("best_epoch")}
+                            for c in rep["candidates"]],
              "skipped": rep["skipped"]}
     return err, time.perf_counter() - t0, extra
 
@@ -238,13 +240,18 @@ def markdown(doc):
     if len(ml) == 5:
         lines += ["", f"ML-100K u1–u5 mean of the DLRL fold means: {np.mean(ml):.4f} (target ≤ 0.905)."]
     lines += ["", "### The validation search behind DLRL's defaults (dlrl.tuning)", "",
-              "Each DLRL row above chose its hyper-parameters by `dlrl.tuning.choose` on 10 % of its *training* "
-              "ratings (drawn with the row's seed); the test ratings were never seen. Grid (staged: each stage "
-              "varies one name around the best so far): " + "; ".join(
+              "Each DLRL row above chose its hyper-parameters by `dlrl.tuning.choose` on validation parts of its "
+              "*training* ratings (10 % each, drawn with the row's seed; pooled k-fold parts when one part would "
+              "hold fewer than 2000 ratings); the test ratings were never seen. Grid (staged: each stage varies one "
+              "name around the best so far; a stage's lowest validation RMSE replaces the best only when it wins by "
+              "more than one paired standard error): " + "; ".join(
                   f"{k} {list(v)}" for k, v in doc.get("grid", [])) + ". Start: " + ", ".join(
-                  f"{k}={v}" for k, v in (doc.get("start") or {}).items()) + ".", "",
-              "| dataset | seed | chosen | val RMSE (chosen) | val RMSE (start) | candidates | search s |",
-              "|---|---|---|---|---|---|---|"]
+                  f"{k}={v}" for k, v in (doc.get("start") or {}).items()) + ". Then the chosen model is fitted "
+              "on all training ratings with the chosen epoch count, `members` times with different seeds, and the "
+              "predictions averaged.", "",
+              "| dataset | seed | chosen | fit | val RMSE (chosen) | val RMSE (start) | candidates | folds | "
+              "members | search s |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     notes = {}
     for r in doc["rows"]:
         if r["method"] != "dlrl" or not r.get("candidates"):
@@ -252,11 +259,15 @@ def markdown(doc):
         ch = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["chosen"].items())
         codes = notes.setdefault(r.get("code"), len(notes)) if r.get("code") else None
         mark = "" if codes is None else " " + "†" * (codes + 1)
-        lines.append(f"| {r['dataset']}{mark} | {r['seed']} | {ch} | {r['chosen_val_rmse']:.4f} | "
-                     f"{r['candidates'][0]['val_rmse']:.4f} | {len(r['candidates'])} | {r['tune_seconds']:.0f} "
+        fk = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in (r.get("fit_kwargs") or {}).items())
+        lines.append(f"| {r['dataset']}{mark} | {r['seed']} | {ch} | {fk or '—'} | {r['chosen_val_rmse']:.4f} | "
+                     f"{r['candidates'][0]['val_rmse']:.4f} | {len(r['candidates'])} | {r.get('folds') or 1} | "
+                     f"{r.get('members') or 1} | {r['tune_seconds']:.0f} "
                      f"(budget {r.get('budget_s', doc.get('budget_s')) or 'default'}) |")
     for code, k in notes.items():
         lines += ["", "†" * (k + 1) + " searched with " + code + "."]
+    for note in doc.get("notes") or []:
+        lines += ["", note]
     missing = doc.get("missing") or []
     if missing:
         lines += ["", "Rows not run (time): " + ", ".join(missing) + "."]
@@ -297,6 +308,7 @@ def main(argv=None):
     ap.add_argument("--resume", action="store_true", help="keep the rows already in --out, run the others")
     ap.add_argument("--md-only", action="store_true", help="regenerate --md from --out and exit")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--note", action="append", default=None, help="a line for the markdown (repeatable)")
     ap.add_argument("--images", nargs="*", default=None,
                     help="inpainting instead of ratings: these images (default re1..re6), 40%% random and text masks")
     ap.add_argument("--masks", nargs="+", default=["random", "text"], choices=["random", "text"])
@@ -338,6 +350,8 @@ def main(argv=None):
     doc.update(machine=device_name("cpu") + f", {args.threads} thread(s), shared with other jobs",
                torch=torch.__version__, python=platform.python_version(), command=" ".join(sys.argv),
                json_name=out.name)
+    if args.note:
+        doc["notes"] = list(args.note)
     done = {(r["dataset"], r["method"], r["seed"]) for r in doc["rows"]}
     todo = []
     for name, train, test in datasets(args.quick):

@@ -28,6 +28,13 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(autouse=True)
+def one_validation_part(monkeypatch):
+    """Tiny sets would pool MAX_FOLDS validation parts (MIN_VAL): one part keeps these tests
+    fast; test_small_data_pools_disjoint_validation_folds checks the pooled path."""
+    monkeypatch.setattr(tuning, "MIN_VAL", 1)
+
+
 # only the weight-decay stage runs (3-6 short candidates): a few seconds
 FIXED = {"rank": 4, "blocks": 3, "bias": True, "p": 1.0}
 
@@ -50,8 +57,12 @@ def test_explicit_parameters_are_kept_and_the_best_candidate_is_chosen():
     i = grid.index(tuning.START["weight_decay_per_entry"])
     assert set(grid[i - 1:i + 2]) <= set(wds)
     assert wds == grid[grid.index(wds[0]):grid.index(wds[0]) + len(wds)]
-    best = min(rep["candidates"], key=lambda c: c["val_rmse"])
-    assert rep["chosen"] == best["params"]
+    # noise-aware choice: the start, or a candidate with a lower validation RMSE (one that won
+    # by more than a paired standard error)
+    start = next(c for c in rep["candidates"] if c["params"]["weight_decay_per_entry"] == grid[i])
+    chosen = next(c for c in rep["candidates"] if c["params"] == rep["chosen"])
+    assert chosen["val_rmse"] <= start["val_rmse"]
+    best = chosen
     # the absolute weight decay is per entry × all training entries (the refit's count)
     r, c, v, shape = _ratings()
     assert math.isclose(res["overrides"]["weight_decay"], best["params"]["weight_decay_per_entry"] * v.numel())
@@ -110,3 +121,68 @@ def test_bad_arguments_name_themselves(bad, match):
     args.update(bad)
     with pytest.raises((ValueError, TypeError), match=match):
         choose(**args)
+
+
+def test_selection_rule_needs_a_win_beyond_the_paired_standard_error():
+    g = torch.Generator().manual_seed(0)
+    base = torch.rand(400, generator=g, dtype=torch.float64)
+    rec = lambda sq: {"val_rmse": math.sqrt(float(sq.mean())), "_sq": sq}  # noqa: E731
+    best = rec(base)
+    noisy = rec(base + 0.02 * torch.randn(400, generator=g, dtype=torch.float64) - 0.0005)
+    clear = rec(base - 0.01)
+    assert noisy["val_rmse"] < best["val_rmse"] and not tuning.better(noisy, best)
+    assert tuning.better(noisy, best, z=0.0)  # z = 0: the plain lowest RMSE
+    assert tuning.better(clear, best)
+    assert tuning.better(best, {"val_rmse": float("inf")}) and not tuning.better({"val_rmse": float("inf")}, best)
+
+
+def test_small_data_pools_disjoint_validation_folds(monkeypatch):
+    monkeypatch.setattr(tuning, "MIN_VAL", 2000)
+    folds = tuning._folds(6000, 0)  # 600 per part < MIN_VAL: ceil(2000 / 600) = 4 parts
+    assert len(folds) == 4
+    vals = torch.cat([v for _, v in folds])
+    assert vals.unique().numel() == 2400  # disjoint
+    for fit, val in folds:
+        assert torch.equal(torch.cat([fit, val]).sort().values, torch.arange(6000))
+    big = tuning._folds(40000, 3)
+    assert len(big) == 1
+    assert all(torch.equal(a, b) for a, b in zip(big[0], tuning._split(40000, 3, tuning.VAL_FRACTION)))
+    # choose pools the parts: a set of 600 entries (60 per part) with MIN_VAL 100 -> 2 parts
+    monkeypatch.setattr(tuning, "MIN_VAL", 100)
+    r, c, v, shape = _ratings(seed=5)
+    explicit = {"rank", "blocks", "bias", "p", "weight_decay", "clip"}
+    res = choose(dict(FIXED, weight_decay=5.0, clip=(1.0, 5.0), epochs=8), r, c, v, shape, explicit)
+    n_val = round(tuning.VAL_FRACTION * v.numel())
+    assert res["report"]["folds"] == 2 and res["report"]["val_entries"] == 2 * n_val
+    (cand,) = res["report"]["candidates"]
+    assert len(cand["epochs_run"]) == 2 and math.isfinite(cand["val_rmse"])
+
+
+def test_fit_defaults_are_used_and_returned_unless_given():
+    r, c, v, shape = _ratings(seed=2)
+    explicit = {"rank", "blocks", "bias", "p", "weight_decay", "clip"}
+    cfg = dict(FIXED, weight_decay=5.0, clip=(1.0, 5.0), epochs=10)
+    res = choose(cfg, r, c, v, shape, explicit, fit_defaults={"lr": 0.005})
+    assert res["fit_kwargs"]["lr"] == 0.005 and res["report"]["fit_defaults"] == {"lr": 0.005}
+    res = choose(dict(cfg, lr=0.02), r, c, v, shape, explicit | {"lr"}, fit_defaults={"lr": 0.005})
+    assert "lr" not in res["fit_kwargs"]  # the caller's lr wins and is not returned
+    with pytest.raises(ValueError, match="fit_defaults"):
+        choose(cfg, r, c, v, shape, explicit, fit_defaults={"values": 1})
+    with pytest.raises(ValueError, match="z"):
+        choose(cfg, r, c, v, shape, explicit, z=-1)
+
+
+def test_fit_tuned_averages_its_members():
+    r, c, v, shape = _ratings(seed=4)
+    model, report = tuning.fit_tuned(r, c, v, shape, seed=1, members=2, tune=False, **FIXED, epochs=8,
+                                     clip=(1.0, 5.0))
+    assert report is None and len(model) == 2
+    seeds = [mm.config.seed for mm in model.members]
+    assert seeds == [1, 1001]
+    want = (model.members[0].predict(r, c).double() + model.members[1].predict(r, c).double()) / 2
+    torch.testing.assert_close(model.predict(r, c).double(), want)
+    torch.testing.assert_close(model.complete().double()[r, c], want)
+    single, _ = tuning.fit_tuned(r, c, v, shape, seed=1, members=1, tune=False, **FIXED, epochs=8, clip=(1.0, 5.0))
+    assert not isinstance(single, tuning.SeedAverage)
+    with pytest.raises(ValueError, match="members"):
+        tuning.fit_tuned(r, c, v, shape, members=0, tune=False)

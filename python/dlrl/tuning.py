@@ -38,27 +38,39 @@ from __future__ import annotations
 import inspect
 import math
 import time
-from typing import Iterable, Optional
+from typing import Optional
 
 import torch
 
-#: share of the training entries held out for validation
+#: share of the training entries held out for validation (one part per fold)
 VAL_FRACTION = 0.1
+#: a validation part smaller than this many entries is too noisy alone: disjoint parts of
+#: VAL_FRACTION each are held out in turn (k-fold, at most MAX_FOLDS) and pooled
+MIN_VAL = 2000
+MAX_FOLDS = 5
 #: fewer observed entries than this: no search (the validation part would be a handful of entries)
 MIN_ENTRIES = 50
 #: each candidate's fit: at most this many epochs, early stopping after TUNE_PATIENCE without progress
-TUNE_MAX_EPOCHS = 300
+TUNE_MAX_EPOCHS = 600
 TUNE_PATIENCE = 10
 #: seconds after which no new candidate is started when the caller gives no budget
-DEFAULT_BUDGET_S = 60.0
+DEFAULT_BUDGET_S = 30.0
+#: a candidate replaces the best so far only if its pooled validation MSE is lower by more than
+#: SELECT_Z paired standard errors (per-entry squared errors of the two, same entries)
+SELECT_Z = 1.0
+#: fit keywords the ratings path (``fit_tuned``, the benchmark) uses for the candidates and the
+#: refit unless the caller gives them: Adam lr 0.005 (the fit's 0.01 lands some seeds in a
+#: worse basin; see the module doc)
+RATINGS_FIT = {"lr": 0.005}
+#: ``fit_tuned``: fits averaged in the returned predictor (seeds ``seed + 1000·j``)
+MEMBERS = 3
 
 #: the staged grid: (parameter, values). weight decay is per observed entry.
 GRID = (
-    ("blocks", (3, 5)),
-    ("weight_decay_per_entry", (0.0, 1.25e-4, 2.5e-4, 5e-4, 1e-3, 2e-3)),
+    ("weight_decay_per_entry", (0.0, 6.25e-5, 1.25e-4, 2.5e-4, 5e-4, 1e-3, 2e-3, 4e-3)),
     ("bias", (True, False)),
-    ("rank", (5, 10, 20, 40)),
-    ("p", (0.5, 1.0)),
+    ("rank", (10, 20, 40)),
+    ("blocks", (3, 5)),
 )
 #: stages searched as a line search along their sorted values (the others: every value)
 ORDERED = ("weight_decay_per_entry", "rank")
@@ -71,6 +83,22 @@ def _split(n: int, seed: int, fraction: float):
     perm = torch.randperm(n, generator=gen)
     n_val = min(max(int(round(fraction * n)), 1), n - 1)
     return perm[n_val:].sort().values, perm[:n_val].sort().values
+
+
+def _folds(n: int, seed: int, fraction: float = VAL_FRACTION):
+    """[(fit_idx, val_idx), ...]: one split when its validation part has at least ``MIN_VAL``
+    entries, else k disjoint validation parts of the same size (one permutation, drawn with
+    ``seed``; the first is ``_split``'s) with k = min(MAX_FOLDS, ⌈MIN_VAL / part⌉)."""
+    n_val = min(max(int(round(fraction * n)), 1), n - 1)
+    k = 1 if n_val >= MIN_VAL else min(MAX_FOLDS, math.ceil(MIN_VAL / n_val), max(n // n_val, 1))
+    gen = torch.Generator().manual_seed(int(seed))
+    perm = torch.randperm(n, generator=gen)
+    out = []
+    for j in range(k):
+        val = perm[j * n_val:(j + 1) * n_val]
+        fit = torch.cat([perm[:j * n_val], perm[(j + 1) * n_val:]])
+        out.append((fit.sort().values, val.sort().values))
+    return out
 
 
 def _fit_accepts(name: str) -> bool:
@@ -89,11 +117,6 @@ def _ctor_names():
     params = inspect.signature(DLRL.__init__).parameters
     return {k for k, v in params.items() if k not in ("self", "shape") and v.kind not in (
         inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)}
-
-
-def _rmse(a: torch.Tensor, b: torch.Tensor) -> float:
-    d = a.double() - b.double()
-    return float(torch.sqrt((d * d).mean()))
 
 
 def _as_tensors(rows, cols, values):
@@ -123,17 +146,38 @@ def _stage_skipped(stage_name, explicit):
     return stage_name in explicit
 
 
+def better(cand: dict, best: dict, z: float = SELECT_Z) -> bool:
+    """True when ``cand``'s validation error is lower than ``best``'s by more than ``z`` paired
+    standard errors: d = per-entry squared error of cand − of best (same validation entries),
+    mean(d) + z·sd(d)/√N < 0. A non-finite best loses to any finite candidate."""
+    if not math.isfinite(cand.get("val_rmse", math.inf)):
+        return False
+    if not math.isfinite(best.get("val_rmse", math.inf)):
+        return True
+    a, b = cand.get("_sq"), best.get("_sq")
+    if a is None or b is None:
+        return cand["val_rmse"] < best["val_rmse"]
+    d = a - b
+    se = float(d.std()) / math.sqrt(d.numel()) if d.numel() > 1 else 0.0
+    return float(d.mean()) + z * se < 0
+
+
 def choose(config: dict, rows, cols, values, shape, explicit: set, seed: int = 0,
-           budget_s: Optional[float] = None, *, start: Optional[dict] = None) -> dict:
-    """Pick DLRL hyper-parameters on a validation part of the given (training) entries.
+           budget_s: Optional[float] = None, *, start: Optional[dict] = None,
+           fit_defaults: Optional[dict] = None, z: float = SELECT_Z) -> dict:
+    """Pick DLRL hyper-parameters on validation parts of the given (training) entries.
 
     config: the constructor arguments the model was built with (``shape`` may be included; it
-        is taken from ``shape``). explicit: names the user set (constructor or fit keywords);
-        they are never varied nor returned. seed: draws the validation part (the same seed
-        gives the same split and the same choice). budget_s: no new candidate is started after
-        this many seconds (``DEFAULT_BUDGET_S`` if None). start: entries replacing ``START``'s
-        (the first candidate; e.g. ``dlrl.complete`` starts without weight decay).
-    Returns ``{"overrides": {constructor args}, "fit_kwargs": {"epochs": ...}, "report": {...}}``.
+        is taken from ``shape``); fit keywords in it (lr, patience, ...) are used by every
+        candidate, ``epochs`` caps them. explicit: names the user set (constructor or fit
+        keywords); they are never varied nor returned. seed: draws the validation parts (the
+        same seed gives the same parts and the same choice). budget_s: no new candidate is
+        started after this many seconds (``DEFAULT_BUDGET_S`` if None). start: entries
+        replacing ``START``'s (the first candidate; e.g. ``dlrl.complete`` starts without
+        weight decay). fit_defaults: fit keywords (e.g. ``RATINGS_FIT``) the candidates use
+        when ``config`` has none; returned in ``fit_kwargs`` for the refit. z: the selection
+        rule's number of paired standard errors (0: plain lowest validation RMSE).
+    Returns ``{"overrides": {constructor args}, "fit_kwargs": {"epochs": ..., ...}, "report": {...}}``.
     """
     from .model import DLRL
 
@@ -148,9 +192,14 @@ def choose(config: dict, rows, cols, values, shape, explicit: set, seed: int = 0
     budget = DEFAULT_BUDGET_S if budget_s is None else float(budget_s)
     if not budget > 0:
         raise ValueError(f"budget_s: expected a positive number of seconds or None, got {budget_s!r}")
+    z = float(z)
+    if not (math.isfinite(z) and z >= 0):
+        raise ValueError(f"z: expected a finite number >= 0, got {z!r}")
+    if fit_defaults is not None and not isinstance(fit_defaults, dict):
+        raise TypeError(f"fit_defaults: expected a dict of fit keywords, got {type(fit_defaults).__name__}")
     nnz = values.numel()
     report = {"val_fraction": VAL_FRACTION, "seed": int(seed), "budget_s": budget, "grid": [list(g) for g in GRID],
-              "start": dict(START), "max_epochs": TUNE_MAX_EPOCHS, "patience": TUNE_PATIENCE,
+              "start": dict(START), "max_epochs": TUNE_MAX_EPOCHS, "patience": TUNE_PATIENCE, "rule_z": z,
               "explicit": sorted(explicit), "candidates": [], "skipped": []}
     t0 = time.perf_counter()
     if nnz < MIN_ENTRIES:
@@ -158,9 +207,11 @@ def choose(config: dict, rows, cols, values, shape, explicit: set, seed: int = 0
                       seconds=time.perf_counter() - t0)
         return {"overrides": {}, "fit_kwargs": {}, "report": report}
 
-    fit_idx, val_idx = _split(nnz, seed, VAL_FRACTION)
-    fr, fc, fv = rows[fit_idx], cols[fit_idx], values[fit_idx]
-    val = (rows[val_idx], cols[val_idx], values[val_idx])
+    folds = _folds(nnz, seed)
+    report["folds"] = len(folds)
+    report["val_entries"] = int(sum(v.numel() for _, v in folds))
+    parts = [((rows[f], cols[f], values[f]), (rows[v], cols[v], values[v])) for f, v in folds]
+    n_fit = folds[0][0].numel()
     ctor = _ctor_names()
     config = dict(config)
     extra = config.pop("extra", None)  # asdict(DLRLConfig) keeps **extra under "extra"
@@ -172,6 +223,13 @@ def choose(config: dict, rows, cols, values, shape, explicit: set, seed: int = 0
                  and k not in _DATA_ARGS}
     report["ignored_config"] = sorted(k for k in config if k not in base and k not in fixed_fit
                                       and k not in ("shape", "epochs"))
+    chosen_fit = {}
+    for k, v in (fit_defaults or {}).items():
+        if k in _DATA_ARGS or k == "epochs" or not _fit_accepts(k):
+            raise ValueError(f"fit_defaults: expected DLRL.fit keywords other than epochs / data, got {k!r}")
+        if k not in fixed_fit and k not in explicit:
+            fixed_fit[k] = chosen_fit[k] = v
+    report["fit_defaults"] = dict(chosen_fit)
     max_epochs = min(TUNE_MAX_EPOCHS, int(config["epochs"])) if config.get("epochs") else TUNE_MAX_EPOCHS
     report["max_epochs"] = max_epochs
     if _fit_accepts("tune"):
@@ -184,18 +242,27 @@ def choose(config: dict, rows, cols, values, shape, explicit: set, seed: int = 0
         for k, v in cand.items():
             if k == "weight_decay_per_entry":
                 if "weight_decay" not in explicit:
-                    cfg["weight_decay"] = v * fit_idx.numel()
+                    cfg["weight_decay"] = v * n_fit
             elif k not in explicit:
                 cfg[k] = v
         t = time.perf_counter()
-        model = DLRL((m, n), **cfg)
-        hist = model.fit(rows=fr, cols=fc, values=fv, val=val, epochs=max_epochs,
-                         early_stopping=TUNE_PATIENCE, progress=False, **fixed_fit)
-        scores = [h["val_rmse"] for h in hist if "val_rmse" in h and math.isfinite(h["val_rmse"])]
-        score = min(scores) if scores else float("inf")
-        best_epoch = min(range(len(scores)), key=scores.__getitem__) if scores else len(hist) - 1
-        rec = {"params": dict(cand), "val_rmse": score, "best_epoch": best_epoch + 1, "epochs_run": len(hist),
-               "seconds": time.perf_counter() - t}
+        sq, best_epochs, runs = [], [], []
+        for (fr, fc, fv), val in parts:
+            model = DLRL((m, n), **cfg)
+            hist = model.fit(rows=fr, cols=fc, values=fv, val=val, epochs=max_epochs,
+                             early_stopping=TUNE_PATIENCE, progress=False, **fixed_fit)
+            scores = [h["val_rmse"] for h in hist if "val_rmse" in h and math.isfinite(h["val_rmse"])]
+            if not scores:
+                raise FloatingPointError("no finite validation RMSE")
+            best_epochs.append(min(range(len(scores)), key=scores.__getitem__) + 1)
+            runs.append(len(hist))
+            # the model is the best-validation state (early stopping restores it)
+            err = model.predict(val[0], val[1]).double() - val[2].double()
+            sq.append(err * err)
+        sq = torch.cat(sq)
+        rec = {"params": dict(cand), "val_rmse": math.sqrt(float(sq.mean())),
+               "best_epoch": int(sorted(best_epochs)[len(best_epochs) // 2]), "epochs_run": runs,
+               "seconds": time.perf_counter() - t, "_sq": sq}
         report["candidates"].append(rec)
         return rec
 
@@ -216,66 +283,74 @@ def choose(config: dict, rows, cols, values, shape, explicit: set, seed: int = 0
     def key(c):
         return tuple(sorted(c.items()))
 
-    try:
-        best = run(start)
-    except FloatingPointError as err:  # a diverging start: record and keep searching
-        best = {"params": dict(start), "val_rmse": float("inf"), "best_epoch": 1, "error": str(err)}
-        report["candidates"].append(best)
-    seen[key(start)] = best
-    def attempt(cand):
+    def attempt(cand, first=False):
         """Fit ``cand`` unless seen or out of budget; returns its record or None."""
         if key(cand) in seen:
             return seen[key(cand)]
-        if time.perf_counter() - t0 > budget:
+        if not first and time.perf_counter() - t0 > budget:
             report["skipped"].append(cand)
             return None
         try:
             rec = run(cand)
-        except FloatingPointError as err:
-            rec = {"params": dict(cand), "val_rmse": float("inf"), "error": str(err)}
+        except FloatingPointError as err:  # a diverging candidate: record it and keep searching
+            rec = {"params": dict(cand), "val_rmse": float("inf"), "best_epoch": 1, "error": str(err)}
             report["candidates"].append(rec)
         seen[key(cand)] = rec
         return rec
 
+    best = attempt(start, first=True)
     for name, grid_values in GRID:
         if _stage_skipped(name, explicit) or name not in best["params"]:
             continue
         vals = _stage_values(name, grid_values, (m, n))
         cur = best["params"][name]
+        tried = []
         if name in ORDERED:
-            # a line search along the sorted values: both neighbours of the current value,
-            # then onwards in the direction that improved, while it keeps improving
+            # a line search along the sorted values: both neighbours of the current value, then
+            # onwards in the direction of the lower validation RMSE while it keeps falling
             vals = sorted(set(vals) | {cur})
             i = vals.index(cur)
-            step_best = {}
+            step = {}
             for d in (-1, 1):
                 if 0 <= i + d < len(vals):
                     rec = attempt(dict(best["params"], **{name: vals[i + d]}))
                     if rec is not None:
-                        step_best[d] = rec
-            improving = [d for d, r in step_best.items() if r["val_rmse"] < best["val_rmse"]]
-            if improving:
-                d = min(improving, key=lambda d: step_best[d]["val_rmse"])
-                best = step_best[d]
-                j = i + 2 * d
+                        step[d] = rec
+                        tried.append(rec)
+            lower = [d for d, r in step.items() if r["val_rmse"] < best["val_rmse"]]
+            if lower:
+                d = min(lower, key=lambda d: step[d]["val_rmse"])
+                last, j = step[d], i + 2 * d
                 while 0 <= j < len(vals):
                     rec = attempt(dict(best["params"], **{name: vals[j]}))
-                    if rec is None or not rec["val_rmse"] < best["val_rmse"]:
+                    if rec is None:
                         break
-                    best = rec
-                    j += d
+                    tried.append(rec)
+                    if not rec["val_rmse"] < last["val_rmse"]:
+                        break
+                    last, j = rec, j + d
         else:
             for v in vals:
                 rec = attempt(dict(best["params"], **{name: v}))
-                if rec is not None and rec["val_rmse"] < best["val_rmse"]:
-                    best = rec
+                if rec is not None:
+                    tried.append(rec)
+        # the stage's lowest validation RMSE replaces the best so far only if it wins by the
+        # rule (more than z paired standard errors): exploration by point estimates, choice
+        # robust to validation noise
+        tried = [r for r in tried if r is not best and math.isfinite(r["val_rmse"])]
+        if tried:
+            win = min(tried, key=lambda r: r["val_rmse"])
+            if better(win, best, z):
+                best = win
+    for rec in report["candidates"]:
+        rec.pop("_sq", None)
     overrides = {}
     for k, v in best["params"].items():
         if k == "weight_decay_per_entry":
             overrides["weight_decay"] = float(v) * nnz
         else:
             overrides[k] = v
-    fit_kwargs = {}
+    fit_kwargs = dict(chosen_fit)
     if "epochs" not in explicit and math.isfinite(best["val_rmse"]):
         fit_kwargs["epochs"] = int(best["best_epoch"])
     report.update(chosen=dict(best["params"]), chosen_val_rmse=best["val_rmse"],
@@ -283,33 +358,92 @@ def choose(config: dict, rows, cols, values, shape, explicit: set, seed: int = 0
     return {"overrides": overrides, "fit_kwargs": fit_kwargs, "report": report}
 
 
-def fit_tuned(rows, cols, values, shape, seed: int = 0, budget_s: Optional[float] = None, progress: bool = False,
-              **given):
-    """A DLRL fitted the way the library's defaults fit it: the parameters in ``given``
-    (constructor arguments, or ``epochs`` / ``lr`` / ``patience`` for fit) are kept, the
-    others are chosen by :func:`choose` on a validation part of these entries unless
-    ``tune=False`` is in ``given``; then one fit on all the entries. Returns ``(model, report)``
-    (report None when nothing was searched). Used by the Surprise adapter and the benchmark.
-    """
-    import inspect as _inspect
+class SeedAverage:
+    """The mean prediction of DLRL fits that differ only in their seed (``fit_tuned``).
 
+    ``predict`` / ``complete`` average the members' (clipped) predictions; ``members`` holds
+    the fitted :class:`dlrl.DLRL` models; ``config``, ``history`` and ``stop_reason`` are the
+    first member's, ``fit_seconds`` the members' total."""
+
+    def __init__(self, members):
+        members = list(members)
+        if not members:
+            raise ValueError("members: expected at least one fitted DLRL, got none")
+        self.members = members
+        self.tuning = None
+
+    def __len__(self):
+        return len(self.members)
+
+    @property
+    def config(self):
+        return self.members[0].config
+
+    @property
+    def history(self):
+        return self.members[0].history
+
+    @property
+    def stop_reason(self):
+        return self.members[0].stop_reason
+
+    @property
+    def fit_seconds(self):
+        return sum(float(getattr(mm, "fit_seconds", 0.0)) for mm in self.members)
+
+    @torch.no_grad()
+    def predict(self, rows, cols):
+        out = self.members[0].predict(rows, cols).double()
+        for mm in self.members[1:]:
+            out = out + mm.predict(rows, cols).double()
+        return (out / len(self.members)).to(self.members[0].dtype)
+
+    @torch.no_grad()
+    def complete(self, *args, **kwargs):
+        out = self.members[0].complete(*args, **kwargs).double()
+        for mm in self.members[1:]:
+            out = out + mm.complete(*args, **kwargs).double()
+        return (out / len(self.members)).to(self.members[0].dtype)
+
+
+def fit_tuned(rows, cols, values, shape, seed: int = 0, budget_s: Optional[float] = None, progress: bool = False,
+              members: Optional[int] = None, **given):
+    """A DLRL predictor fitted the way the library's defaults fit ratings: the parameters in
+    ``given`` (constructor arguments, or ``epochs`` / ``lr`` / ``patience`` for fit) are kept,
+    the others are chosen by :func:`choose` (with ``RATINGS_FIT``) on validation parts of
+    these entries unless ``tune=False`` is in ``given``; then ``members`` (default ``MEMBERS``)
+    fits on all the entries with seeds ``seed + 1000·j``, averaged (:class:`SeedAverage`; one
+    member: the plain :class:`dlrl.DLRL`). Returns ``(model, report)`` (report None when
+    nothing was searched). Used by the Surprise adapter and the benchmark.
+    """
     from .model import DLRL
 
+    members = MEMBERS if members is None else members
+    if isinstance(members, bool) or not isinstance(members, int) or members < 1:
+        raise ValueError(f"members: expected a positive integer (fits averaged), got {members!r}")
     tune = given.pop("tune", True)
-    fit_names = set(_inspect.signature(DLRL.fit).parameters) - _ctor_names()
+    fit_names = set(inspect.signature(DLRL.fit).parameters) - _ctor_names()
     fit_kw = {k: given.pop(k) for k in list(given) if k in fit_names and k not in _DATA_ARGS}
     ctor = dict(given, seed=seed)
     report = None
     if tune:
         res = choose({**ctor, **fit_kw}, rows, cols, values, shape, set(given) | set(fit_kw) | {"seed"},
-                     seed=seed, budget_s=budget_s)
+                     seed=seed, budget_s=budget_s, fit_defaults=RATINGS_FIT)
         ctor.update(res["overrides"])
         for k, v in res["fit_kwargs"].items():
             fit_kw.setdefault(k, v)
         report = res["report"]
-    model = DLRL(tuple(shape), **ctor)
     if _fit_accepts("tune"):
         fit_kw["tune"] = False
-    model.fit(rows=rows, cols=cols, values=values, progress=progress, **fit_kw)
+    fitted = []
+    for j in range(members):
+        model = DLRL(tuple(shape), **dict(ctor, seed=int(seed) + 1000 * j))
+        model.fit(rows=rows, cols=cols, values=values, progress=progress, **fit_kw)
+        model.tuning = report
+        fitted.append(model)
+    model = fitted[0] if members == 1 else SeedAverage(fitted)
     model.tuning = report
+    if report is not None:
+        report["members"] = members
+        report["fit_kwargs_used"] = {k: v for k, v in fit_kw.items() if k != "tune"}
     return model, report
