@@ -28,13 +28,6 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(autouse=True)
-def one_validation_part(monkeypatch):
-    """Tiny sets would pool MAX_FOLDS validation parts (MIN_VAL): one part keeps these tests
-    fast; test_small_data_pools_disjoint_validation_folds checks the pooled path."""
-    monkeypatch.setattr(tuning, "MIN_VAL", 1)
-
-
 # only the weight-decay stage runs (3-6 short candidates): a few seconds
 FIXED = {"rank": 4, "blocks": 3, "bias": True, "p": 1.0}
 
@@ -136,22 +129,21 @@ def test_selection_rule_needs_a_win_beyond_the_paired_standard_error():
     assert tuning.better(best, {"val_rmse": float("inf")}) and not tuning.better({"val_rmse": float("inf")}, best)
 
 
-def test_small_data_pools_disjoint_validation_folds(monkeypatch):
-    monkeypatch.setattr(tuning, "MIN_VAL", 2000)
-    folds = tuning._folds(6000, 0)  # 600 per part < MIN_VAL: ceil(2000 / 600) = 4 parts
+def test_small_data_pools_disjoint_validation_folds():
+    folds = tuning._folds(6000, 0, min_val=2000)  # 600 per part < MIN_VAL: ceil(2000 / 600) = 4 parts
     assert len(folds) == 4
     vals = torch.cat([v for _, v in folds])
     assert vals.unique().numel() == 2400  # disjoint
     for fit, val in folds:
         assert torch.equal(torch.cat([fit, val]).sort().values, torch.arange(6000))
-    big = tuning._folds(40000, 3)
+    big = tuning._folds(40000, 3, min_val=2000)
     assert len(big) == 1
     assert all(torch.equal(a, b) for a, b in zip(big[0], tuning._split(40000, 3, tuning.VAL_FRACTION)))
-    # choose pools the parts: a set of 600 entries (60 per part) with MIN_VAL 100 -> 2 parts
-    monkeypatch.setattr(tuning, "MIN_VAL", 100)
+    assert len(tuning._folds(6000, 0, min_val=0)) == 1
+    # choose pools the parts: a set of 600 entries (60 per part) with min_val 100 -> 2 parts
     r, c, v, shape = _ratings(seed=5)
     explicit = {"rank", "blocks", "bias", "p", "weight_decay", "clip"}
-    res = choose(dict(FIXED, weight_decay=5.0, clip=(1.0, 5.0), epochs=8), r, c, v, shape, explicit)
+    res = choose(dict(FIXED, weight_decay=5.0, clip=(1.0, 5.0), epochs=8), r, c, v, shape, explicit, min_val=100)
     n_val = round(tuning.VAL_FRACTION * v.numel())
     assert res["report"]["folds"] == 2 and res["report"]["val_entries"] == 2 * n_val
     (cand,) = res["report"]["candidates"]
@@ -170,6 +162,8 @@ def test_fit_defaults_are_used_and_returned_unless_given():
         choose(cfg, r, c, v, shape, explicit, fit_defaults={"values": 1})
     with pytest.raises(ValueError, match="z"):
         choose(cfg, r, c, v, shape, explicit, z=-1)
+    with pytest.raises(ValueError, match="min_val"):
+        choose(cfg, r, c, v, shape, explicit, min_val=-1)
 
 
 def test_fit_tuned_averages_its_members():

@@ -44,8 +44,10 @@ import torch
 
 #: share of the training entries held out for validation (one part per fold)
 VAL_FRACTION = 0.1
-#: a validation part smaller than this many entries is too noisy alone: disjoint parts of
-#: VAL_FRACTION each are held out in turn (k-fold, at most MAX_FOLDS) and pooled
+#: the ratings path (``fit_tuned``; ``choose(min_val=...)``): a validation part smaller than
+#: this many entries is too noisy alone, so disjoint parts of VAL_FRACTION each are held out in
+#: turn (k-fold, at most MAX_FOLDS) and pooled. ``choose``'s own default is one part (min_val=0:
+#: ``dlrl.complete`` and ``DLRL.fit`` keep their cost)
 MIN_VAL = 2000
 MAX_FOLDS = 5
 #: fewer observed entries than this: no search (the validation part would be a handful of entries)
@@ -71,6 +73,7 @@ GRID = (
     ("bias", (True, False)),
     ("rank", (10, 20, 40)),
     ("blocks", (3, 5)),
+    ("p", (0.5, 1.0)),
 )
 #: stages searched as a line search along their sorted values (the others: every value)
 ORDERED = ("weight_decay_per_entry", "rank")
@@ -85,12 +88,14 @@ def _split(n: int, seed: int, fraction: float):
     return perm[n_val:].sort().values, perm[:n_val].sort().values
 
 
-def _folds(n: int, seed: int, fraction: float = VAL_FRACTION):
-    """[(fit_idx, val_idx), ...]: one split when its validation part has at least ``MIN_VAL``
-    entries, else k disjoint validation parts of the same size (one permutation, drawn with
-    ``seed``; the first is ``_split``'s) with k = min(MAX_FOLDS, ⌈MIN_VAL / part⌉)."""
+def _folds(n: int, seed: int, fraction: float = VAL_FRACTION, min_val: Optional[int] = None):
+    """[(fit_idx, val_idx), ...]: one split when its validation part has at least ``min_val``
+    (default ``MIN_VAL``) entries, else k disjoint validation parts of the same size (one
+    permutation, drawn with ``seed``; the first is ``_split``'s) with
+    k = min(MAX_FOLDS, ⌈min_val / part⌉)."""
+    min_val = MIN_VAL if min_val is None else int(min_val)
     n_val = min(max(int(round(fraction * n)), 1), n - 1)
-    k = 1 if n_val >= MIN_VAL else min(MAX_FOLDS, math.ceil(MIN_VAL / n_val), max(n // n_val, 1))
+    k = 1 if n_val >= min_val else min(MAX_FOLDS, math.ceil(min_val / n_val), max(n // n_val, 1))
     gen = torch.Generator().manual_seed(int(seed))
     perm = torch.randperm(n, generator=gen)
     out = []
@@ -164,7 +169,7 @@ def better(cand: dict, best: dict, z: float = SELECT_Z) -> bool:
 
 def choose(config: dict, rows, cols, values, shape, explicit: set, seed: int = 0,
            budget_s: Optional[float] = None, *, start: Optional[dict] = None,
-           fit_defaults: Optional[dict] = None, z: float = SELECT_Z) -> dict:
+           fit_defaults: Optional[dict] = None, z: float = SELECT_Z, min_val: int = 0) -> dict:
     """Pick DLRL hyper-parameters on validation parts of the given (training) entries.
 
     config: the constructor arguments the model was built with (``shape`` may be included; it
@@ -176,7 +181,9 @@ def choose(config: dict, rows, cols, values, shape, explicit: set, seed: int = 0
         replacing ``START``'s (the first candidate; e.g. ``dlrl.complete`` starts without
         weight decay). fit_defaults: fit keywords (e.g. ``RATINGS_FIT``) the candidates use
         when ``config`` has none; returned in ``fit_kwargs`` for the refit. z: the selection
-        rule's number of paired standard errors (0: plain lowest validation RMSE).
+        rule's number of paired standard errors (0: plain lowest validation RMSE). min_val:
+        pool k-fold validation parts when one part would hold fewer entries (``_folds``; 0:
+        always one part; ``fit_tuned`` passes ``MIN_VAL``).
     Returns ``{"overrides": {constructor args}, "fit_kwargs": {"epochs": ..., ...}, "report": {...}}``.
     """
     from .model import DLRL
@@ -207,7 +214,9 @@ def choose(config: dict, rows, cols, values, shape, explicit: set, seed: int = 0
                       seconds=time.perf_counter() - t0)
         return {"overrides": {}, "fit_kwargs": {}, "report": report}
 
-    folds = _folds(nnz, seed)
+    if isinstance(min_val, bool) or not isinstance(min_val, int) or min_val < 0:
+        raise ValueError(f"min_val: expected an integer >= 0 (validation entries), got {min_val!r}")
+    folds = _folds(nnz, seed, min_val=min_val)
     report["folds"] = len(folds)
     report["val_entries"] = int(sum(v.numel() for _, v in folds))
     parts = [((rows[f], cols[f], values[f]), (rows[v], cols[v], values[v])) for f, v in folds]
@@ -428,7 +437,7 @@ def fit_tuned(rows, cols, values, shape, seed: int = 0, budget_s: Optional[float
     report = None
     if tune:
         res = choose({**ctor, **fit_kw}, rows, cols, values, shape, set(given) | set(fit_kw) | {"seed"},
-                     seed=seed, budget_s=budget_s, fit_defaults=RATINGS_FIT)
+                     seed=seed, budget_s=budget_s, fit_defaults=RATINGS_FIT, min_val=MIN_VAL)
         ctor.update(res["overrides"])
         for k, v in res["fit_kwargs"].items():
             fit_kw.setdefault(k, v)
