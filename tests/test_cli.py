@@ -148,3 +148,18 @@ def test_version_and_bad_device(tmp_path, gen, capsys):
     if not torch.cuda.is_available():
         assert main(["fit", str(data), "--device", "cuda", "--quiet"]) == 2
         assert "--device" in capsys.readouterr().err
+
+
+def test_observed_for_display_draws_missing_pixels_in_neutral_grey():
+    import torch
+
+    from dlrl.cli import observed_for_display
+
+    img = torch.rand(6, 5, 3, dtype=torch.float64) * 255
+    obs = torch.rand(6, 5) > 0.4
+    shown = observed_for_display(img, obs)
+    assert torch.equal(shown[~obs], torch.full(((~obs).sum().item(), 3), 128.0, dtype=torch.float64))
+    assert torch.equal(shown[obs], img[obs]) and torch.equal(img, img.clone())  # input untouched
+    per_channel = obs[:, :, None].expand(6, 5, 3).clone()
+    per_channel[0, 0, 1] = False  # one channel missing: the whole pixel is shown grey
+    assert torch.equal(observed_for_display(img, per_channel)[0, 0], torch.full((3,), 128.0, dtype=torch.float64))

@@ -1,6 +1,7 @@
 """`dlrl demo --quick` (tiny sizes, a smoke test of every part's outputs) and bench/update_readme.py."""
 import importlib.util
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,30 @@ def test_update_readme_regenerates_and_checks(tmp_path):
 def test_readme_generated_sections_are_current():
     ur = _update_readme()
     assert ur.main(["--check"]) == 0, "README.md is stale: run python bench/update_readme.py"
+
+
+def test_demo_ml_part_on_a_small_ratings_folder(tmp_path):
+    """The MovieLens part end to end on a made-up u.data (low rank + biases): the DLRL fits, the
+    baselines, the RMSE-vs-epoch figure and the JSON record of every choice."""
+    g = torch.Generator().manual_seed(0)
+    m, n = 60, 50
+    u, v = torch.randn(m, 2, generator=g), torch.randn(n, 2, generator=g)
+    full = (3.2 + 0.5 * torch.randn(m, 1, generator=g) + 0.4 * torch.randn(1, n, generator=g) + 0.5 * u @ v.T)
+    keep = torch.rand(m, n, generator=g) < 0.5
+    rows, cols = keep.nonzero(as_tuple=True)
+    folder = tmp_path / "ml-100k"
+    folder.mkdir()
+    lines = [f"{int(r) + 1}\t{int(c) + 1}\t{int(full[r, c].clamp(1, 5).round())}\t0" for r, c in zip(rows, cols)]
+    (folder / "u.data").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "demo"
+    rc = main(["demo", "--quick", "--quiet", "--out", str(out), "--ml100k", str(folder)])
+    assert rc == 0
+    rep = json.loads((out / "demo.json").read_text())
+    ml = {p["part"]: p for p in rep["parts"]}["ml100k"]
+    assert "bias-only" in ml["baseline"] and math.isfinite(ml["dlrl"]) and 0 < ml["dlrl"] < 2
+    assert ml["dlrl_config"]["blocks"] >= 2 and len(ml["dlrl_members"]) == ml["dlrl_config"]["models"]
+    assert all(mb["val_rmse"] > 0 and mb["epochs_run"] >= 1 for mb in ml["dlrl_members"])
+    assert (out / "ml100k_rmse.png").stat().st_size > 1000
+    img = {p["part"]: p for p in rep["parts"]}["image"]
+    assert img["dlrl_inpaint"]["models_run"] >= 1 and "history" not in img["dlrl_inpaint"]
+    assert all(math.isfinite(mb["val_psnr"]) for mb in img["dlrl_inpaint"]["members"])

@@ -326,6 +326,25 @@ def test_inpaint_holds_back_whole_pixels():
     assert bool(obs.reshape(-1)[allidx].all())
 
 
+def test_mask_holdouts_look_like_the_mask():
+    """holdout="mask": each validation set is the missing pattern shifted onto observed pixels
+    (a stripe mask gives stripes), never a missing pixel, at most 10 % of the observed ones."""
+    from dlrl.images import _mask_holdouts
+
+    obs = torch.ones(40, 30, dtype=torch.bool)
+    obs[10:12] = False  # two missing rows
+    sets = _mask_holdouts(obs, 3, seed=0, fraction=0.1)
+    assert len(sets) == 3
+    for s in sets:
+        assert s.numel() >= 1 and s.numel() <= round(0.1 * int(obs.sum()))
+        assert bool(obs.reshape(-1)[s].all())
+        rows = (s // 30).unique()
+        assert rows.numel() <= 2 and rows.max() - rows.min() <= 1  # a shifted copy of the stripe
+    rnd = random_mask((40, 30), missing=0.4, seed=0)
+    for s in _mask_holdouts(rnd, 2, seed=1, fraction=0.1):
+        assert s.numel() == round(0.1 * int(rnd.sum())) and bool(rnd.reshape(-1)[s].all())
+
+
 def test_inpaint_grayscale_channels_layout_and_budget():
     from dlrl.images import inpaint
 
@@ -352,3 +371,5 @@ def test_inpaint_errors():
         inpaint(img, torch.zeros(8, 8, dtype=torch.bool))
     with pytest.raises(ValueError, match="rank"):
         inpaint(img, obs, rank=0)
+    with pytest.raises(ValueError, match="holdout"):
+        inpaint(img, obs, holdout="stripes")

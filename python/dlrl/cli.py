@@ -881,6 +881,20 @@ def machine_info():
     return info
 
 
+def _process_age_s():
+    """Seconds since this process started (Linux /proc; None elsewhere): what the user waited
+    before the demo's first part -- starting Python and importing torch / dlrl."""
+    import os
+
+    try:
+        ticks = os.sysconf("SC_CLK_TCK")
+        start = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19]) / ticks
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - start)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def _versions():
     import platform
 
@@ -914,7 +928,9 @@ def demo_table(report):
     rows.append("")
     rows.append(f"`dlrl demo{' --quick' if report['quick'] else ''}` on {m['cpu']} ({m['cores']} cores"
                 + (f", load average {load[0]:.1f} at start" if load else "") + f"), {report['date']}: "
-                f"{report['total_seconds']:.1f} s in all ({report.get('total_cpu_seconds', 0):.1f} s of CPU); "
+                f"{report['total_seconds']:.1f} s in all ({report.get('total_cpu_seconds', 0):.1f} s of CPU)"
+                + (f", after {report['startup_seconds']:.1f} s to start Python and import torch and dlrl"
+                   if report.get("startup_seconds") is not None else "") + "; "
                 f"torch {report['versions']['torch']}, "
                 f"{report['versions']['torch_threads']} threads.")
     return "\n".join(rows) + "\n"
@@ -931,7 +947,8 @@ def cmd_demo(a):
         if a.ml100k and ml is None:
             raise CliError("--ml100k", f"{a.ml100k} has no u.data (expected the ml-100k folder)")
     out.mkdir(parents=True, exist_ok=True)
-    report = {"machine": machine_info(), "versions": _versions(), "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+    startup = _process_age_s()
+    report = {"machine": machine_info(), "startup_seconds": startup, "versions": _versions(), "date": time.strftime("%Y-%m-%d %H:%M %Z"),
               "command": "dlrl " + " ".join(sys.argv[1:]) if sys.argv and "dlrl" in sys.argv[0] else "dlrl demo",
               "quick": bool(a.quick), "parts": []}
     print("dlrl demo: DLRL next to a classical baseline on three kinds of data (nothing is downloaded).\n", flush=True)
