@@ -4,10 +4,11 @@
 >>> from surprise.model_selection import cross_validate            # doctest: +SKIP
 >>> cross_validate(DLRLAlgo(), Dataset.load_builtin("ml-100k"))    # doctest: +SKIP
 
-``fit(trainset)`` trains a DLRL on the trainset's inner ids (rows = users, columns = items),
-predictions clipped to the trainset's rating scale; unless parameters are given (or
-``tune=False``), they are chosen by ``dlrl.tuning.choose`` on a validation part of the
-trainset's ratings. ``estimate(u, i)`` reads the completed matrix; unknown users / items raise
+``fit(trainset)`` trains DLRL on the trainset's inner ids (rows = users, columns = items),
+predictions clipped to the trainset's rating scale, the way ``dlrl.tuning.fit_tuned`` fits
+ratings: unless parameters are given (or ``tune=False``), they are chosen by
+``dlrl.tuning.choose`` on validation parts of the trainset's ratings, then
+``dlrl.tuning.MEMBERS`` fits with different seeds are averaged (``members=1``: one fit). ``estimate(u, i)`` reads the completed matrix; unknown users / items raise
 ``PredictionImpossible`` (Surprise then predicts its global mean).
 """
 from __future__ import annotations
@@ -27,8 +28,8 @@ class DLRLAlgo(AlgoBase):
     """DLRL as a Surprise prediction algorithm.
 
     Keyword arguments are DLRL constructor arguments (rank, blocks, p, bias, weight_decay, ...)
-    or fit arguments (epochs, lr, patience); the ones given are kept, the rest tuned unless
-    ``tune=False``. ``seed`` draws the init and the validation part; ``budget_s`` caps the search.
+    or fit arguments (epochs, lr, patience), or ``members`` (fits averaged); the ones given are
+    kept, the rest tuned unless ``tune=False``. ``seed`` draws the init and the validation part; ``budget_s`` caps the search.
     """
 
     def __init__(self, tune=True, seed=0, budget_s=None, verbose=False, **params):

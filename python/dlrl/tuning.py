@@ -1,37 +1,52 @@
 """Hyper-parameters chosen on validation data held out of the *training* ratings.
 
-``choose`` is what ``DLRL.fit(..., tune=True)``, ``dlrl.complete`` and ``dlrl fit --tune`` call.
-It never sees test data: it splits the training entries it is given into a fitting part and a
-validation part (``VAL_FRACTION`` of them, drawn with ``seed``), fits short candidate models on
-the fitting part with early stopping on the validation part, and returns the candidate with
-the lowest validation RMSE. The caller then refits on *all* training entries.
+``choose`` is what ``DLRL.fit(..., tune=True)``, ``dlrl.complete``, ``dlrl fit --tune`` and
+``fit_tuned`` (the Surprise adapter, bench/bench_accuracy.py) call. It never sees test data:
+it holds out a validation part of the training entries it is given (``VAL_FRACTION`` of them,
+drawn with ``seed``; on the ratings path, when that part would hold fewer than ``MIN_VAL``
+entries, k disjoint parts in turn, pooled), fits candidate models on the rest with early
+stopping on the held-out part, and returns the chosen candidate and its best epoch count. The
+caller then refits on *all* training entries; ``fit_tuned`` refits ``MEMBERS`` times with
+different seeds and averages the predictions (:class:`SeedAverage`).
 
 The search (``GRID``) is staged, not a full product: each stage varies one parameter around
-the best candidate so far — every value for ``blocks``, ``bias`` and ``p``, a line search along
-the sorted values for ``weight_decay`` and ``rank`` (both neighbours of the current value, then
-onwards while validation RMSE keeps improving). Order and values come from validation
-measurements on ML-100K (u1.base and the published training split, 10 % held out, seed 0)
-and synthetic rating sets (bench/results/accuracy.md lists every search's candidates):
+the best candidate so far — a line search along the sorted values for ``weight_decay`` and
+``rank`` (both neighbours of the current value, then onwards while the validation RMSE keeps
+falling), every value for ``bias``, ``blocks`` and ``p``. Exploration follows point estimates,
+but the stage's lowest validation RMSE replaces the best so far only if it wins by more than
+``SELECT_Z`` paired standard errors (``better``: per-entry squared errors of the two on the
+same validation entries), so a candidate that only looks better on a noisy part is not taken.
 
-1. ``blocks`` 3 or 5 — 3 blocks: validation RMSE 0.913 / 0.901 vs 0.922 / 0.909 with 5
-   (u1 / published; 2 blocks 0.950 / 0.939, 4 blocks 0.921 / 0.904).
-2. ``weight_decay`` — Adam L2 *per observed entry* (the training loss is a sum over the
-   observed entries, so the regulariser must grow with their number); the absolute value
-   returned is ``per_entry × nnz`` of the full training set. 2.5e-4 (20 on ML-100K) is the
-   start; 5e-4 and up lose on ML-100K (0.936 at 3.75e-4), while a 500×300 synthetic set with
-   12 ratings per user needs 1e-3 (validation 0.701 vs 0.717 at 4e-4 and 0.715 for Surprise
-   SVD); 0 is for noiseless data (``dlrl.complete`` starts there).
-3. ``bias`` — global mean and row / column biases on or off (on: 0.922 vs 0.949 on u1).
-4. ``rank`` — the factor width d (capped at min(m, n)); moves ML-100K by < 0.01, in no
-   consistent direction.
-5. ``p`` — the Schatten exponent of every block (0.5 vs 1: within ±0.005).
+Evidence (validation only; bench/results/accuracy_tuning_study.md has the tables and commands).
+"Inner" = fit on 90 % of ML-100K u{k}.base, early stopping and RMSE on the other 10 % (seed-0
+part), init seeds 0/1/2, start configuration; "outer" = the whole procedure run on 85 % of a
+training set and scored on its other 15 % (outer seeds 0/1/2).
 
-Budget: candidates are fitted one after another, each for at most ``TUNE_MAX_EPOCHS`` epochs
-with early stopping after ``TUNE_PATIENCE`` epochs without a better validation RMSE; once
-``budget_s`` seconds (``DEFAULT_BUDGET_S`` if None) have passed no new candidate is started
-(the report lists the skipped ones). On ML-100K (80 000 ratings) one candidate takes 1.5–6 s
-on one CPU core, so the default grid (≈ 9 candidates) takes ~30 s on a core of a busy 2-core
-machine and a few seconds on a GPU.
+- Adam lr 0.005 on the ratings path (``RATINGS_FIT``; the fit's own default is 0.01): inner RMSE,
+  u1–u5 mean of the seed means 0.9134 vs 0.9162 at 0.01, seed spread on u1 ± 0.0006 vs ± 0.0097
+  (lr 0.01 lands some inits in a worse basin: u1 seed 1 0.928); outer u1 (single fit) 0.9155 vs
+  0.9226. It needs ~2× the epochs (``TUNE_MAX_EPOCHS`` 600). lr 0.003 (≤ 900 epochs): u1
+  0.9113 ± 0.0004, not worth 1.7× the time; Adam betas (0.9, 0.999) 0.9128 — no gain.
+- ``MEMBERS`` = 3 averaged refits: inner u1–u5 mean 0.9102 (average of 3 seeds) vs 0.9134
+  (single) at lr 0.005; outer u1 0.9141 vs 0.9155.
+- ``weight_decay`` per observed entry (the training loss is a sum over the observed entries;
+  the absolute value returned is ``per_entry × nnz`` of the full training set): 2.5e-4 (20 on
+  ML-100K) is the start; inner u1: 1.8e-4 0.9128, 2.5e-4 0.9116, 3.5e-4 0.9237 ± 0.0083 (some
+  inits' ReLU factors die: at 5e-4 with rank 40, 0.9595 = the bias-only level). A 500×300 set
+  with ~11 ratings per user needs 1e-3 (pooled validation 0.7092 vs 0.7192 at 2.5e-4; Surprise
+  SVD 0.7085 on the same parts); 0 is for noiseless data (``dlrl.complete`` starts there).
+- ``blocks`` 3 (inner u1 at lr 0.005: 0.9116 vs 0.9253 with 5; 2 blocks 0.9466);
+  ``bias`` on (0.922 vs 0.949 on u1); ``rank`` 20 (10: 0.9115 ± 0.0010, 40: 0.9178 ± 0.0094);
+  ``p`` 1 (0.5: 0.9121 ± 0.0015); activation ReLU (linear blocks, "none": 0.9222).
+- Pooled parts (``MIN_VAL`` 2000): a 10 % part of 600 ratings has a standard error of about
+  0.02 in RMSE, more than the differences between candidates; 4 pooled parts halve it.
+
+Budget: candidates are fitted one after another (each for at most ``TUNE_MAX_EPOCHS`` epochs,
+early stopping after ``TUNE_PATIENCE`` epochs without a better validation RMSE); once
+``budget_s`` seconds (``DEFAULT_BUDGET_S`` = 30 if None) have passed no new candidate is
+started (the report lists the skipped ones). On ML-100K one candidate takes 3–6 s on one core
+of this 2-core machine (shared), so the search takes ~30 s (6–7 candidates) plus 3 refits; the
+faster epoch of the training-step issue divides that.
 """
 from __future__ import annotations
 
