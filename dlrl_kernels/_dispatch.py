@@ -1,10 +1,15 @@
 """The one place that decides which implementation runs.
 
-``backend`` on every public op is ``"auto" | "reference" | "triton" | "cuda"``; the
+``backend`` on every public op is ``"auto" | "reference" | "triton" | "cuda" | "cpu"``; the
 environment variable ``DLRL_BACKEND`` overrides ``"auto"`` (not an explicit choice).
 
 - ``auto``: CUDA tensors -> the CUDA extension when it is built and has the op, else Triton
-  when importable, else the reference; CPU tensors -> the reference (pure PyTorch).
+  when importable, else the reference; CPU tensors -> the native CPU kernel when the op has
+  one and it compiled (``dlrl_kernels.cpu``; ``DLRL_NATIVE=0`` turns it off), else the
+  reference (pure PyTorch).
+- ``cpu``: the native CPU kernels (``dlrl_kernels/cpu/sparse_cpu.c``, compiled on first use)
+  for the ops that have one, the reference (their CPU path) for the others; RuntimeError
+  naming the reason when the kernels did not compile, or for tensors not on the CPU.
 - ``triton``: CUDA tensors, or CPU tensors when ``TRITON_INTERPRET=1`` was set before the
   kernels were imported (how CI tests the kernels). Otherwise a clear RuntimeError.
 - ``cuda``: the compiled extension; RuntimeError naming the reason when it is missing.
@@ -17,7 +22,7 @@ from functools import lru_cache
 
 import torch
 
-BACKENDS = ("auto", "reference", "triton", "cuda")
+BACKENDS = ("auto", "reference", "triton", "cuda", "cpu")
 
 
 @lru_cache(maxsize=None)
@@ -43,10 +48,28 @@ def cuda_ext_status() -> tuple[bool, str]:
     return bool(getattr(_cuda, "AVAILABLE", False)), getattr(_cuda, "UNAVAILABLE_REASON", "")
 
 
-def resolve(backend: str, device: torch.device, op: str, triton_ok: bool = True, cuda_ok: bool = False) -> str:
+_NATIVE: dict = {}
+
+
+@torch.compiler.assume_constant_result
+def native_status() -> tuple:
+    """(available, reason) of the native CPU kernels; built once per process on first call.
+    A constant for torch.compile (evaluated at trace time, not traced)."""
+    if "status" not in _NATIVE:
+        try:
+            from . import cpu
+
+            _NATIVE["status"] = tuple(cpu.status())
+        except Exception as exc:  # pragma: no cover
+            _NATIVE["status"] = (False, f"dlrl_kernels.cpu failed to import ({exc})")
+    return _NATIVE["status"]
+
+
+def resolve(backend: str, device: torch.device, op: str, triton_ok: bool = True, cuda_ok: bool = False,
+            cpu_ok: bool = False) -> str:
     """Return the concrete backend for one call of ``op`` on tensors living on ``device``.
 
-    ``triton_ok`` / ``cuda_ok`` say whether this op has such a kernel at all.
+    ``triton_ok`` / ``cuda_ok`` / ``cpu_ok`` say whether this op has such a kernel at all.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
@@ -55,12 +78,14 @@ def resolve(backend: str, device: torch.device, op: str, triton_ok: bool = True,
         if env not in BACKENDS:
             raise ValueError(f"DLRL_BACKEND: expected one of {BACKENDS}, got {env!r}")
         if env != "auto":
-            return resolve(env, device, op, triton_ok, cuda_ok)
+            return resolve(env, device, op, triton_ok, cuda_ok, cpu_ok)
         if device.type == "cuda":
             if cuda_ok and cuda_ext_status()[0]:
                 return "cuda"
             if triton_ok and triton_status()[0]:
                 return "triton"
+        if device.type == "cpu" and cpu_ok and native_status()[0]:
+            return "cpu"
         return "reference"
     if backend == "reference":
         return "reference"
@@ -76,6 +101,15 @@ def resolve(backend: str, device: torch.device, op: str, triton_ok: bool = True,
                 "tensors, or on CPU tensors only with TRITON_INTERPRET=1 set before import"
             )
         return "triton"
+    if backend == "cpu":
+        if device.type == "cpu" and not cpu_ok:
+            return "reference"  # ops with no native kernel: the reference is their CPU path
+        ok, why = native_status()
+        if not ok:
+            raise RuntimeError(f"backend='cpu' requested for {op} but the native CPU kernels are unavailable: {why}")
+        if device.type != "cpu":
+            raise RuntimeError(f"backend='cpu' requested for {op} on {device} tensors")
+        return "cpu"
     # cuda
     if not cuda_ok:
         raise RuntimeError(f"backend='cuda': op {op} has no CUDA kernel; use 'triton', 'reference' or 'auto'")
@@ -99,12 +133,14 @@ def describe() -> dict:
         "triton_interpret": interpret_mode(),
         "cuda_extension": c_ok,
         "cuda_extension_reason": c_why,
+        "native_cpu": native_status()[0],
+        "native_cpu_reason": native_status()[1],
     }
 
 
 # ----------------------------------------------------------------------------- op tables
 class OpTable:
-    """One op's implementations: ``{"reference", "triton", "cuda"}`` → an implementation object.
+    """One op's implementations: ``{"reference", "triton", "cuda", "cpu"}`` → an implementation object.
 
     An implementation object is anything with the attributes named in ``interface`` (a module,
     a class, a ``types.SimpleNamespace``); its functions take the same arguments in every
@@ -118,10 +154,10 @@ class OpTable:
     reference's signatures: a table cannot point at nothing.
     """
 
-    def __init__(self, op: str, interface: tuple, reference, triton=None, cuda=None):
+    def __init__(self, op: str, interface: tuple, reference, triton=None, cuda=None, cpu=None):
         self.op = op
         self.interface = tuple(interface)
-        self.loaders = {"reference": reference, "triton": triton, "cuda": cuda}
+        self.loaders = {"reference": reference, "triton": triton, "cuda": cuda, "cpu": cpu}
         self._loaded: dict = {}
         TABLES[op] = self
 
@@ -140,7 +176,7 @@ class OpTable:
             self._loaded[backend] = impl
         return self._loaded[backend]
 
-    def resolve(self, backend: str, device, triton_ok: bool = True, cuda_ok: bool = True):
+    def resolve(self, backend: str, device, triton_ok: bool = True, cuda_ok: bool = True, cpu_ok: bool = True):
         """``(name, impl)`` for one call on tensors living on ``device`` (see :func:`resolve`).
 
         ``triton_ok`` / ``cuda_ok`` narrow the table for this call (e.g. a one-factor chain has
@@ -149,8 +185,8 @@ class OpTable:
         """
         dev = torch.device(device) if not isinstance(device, torch.device) else device
         name = resolve(backend, dev, self.op, triton_ok=triton_ok and self.has("triton"),
-                       cuda_ok=cuda_ok and self.has("cuda"))
-        if name == "cuda" and backend == "auto":
+                       cuda_ok=cuda_ok and self.has("cuda"), cpu_ok=cpu_ok and self.has("cpu"))
+        if name in ("cuda", "cpu") and backend == "auto":
             try:
                 return name, self.load(name)
             except RuntimeError:
@@ -164,3 +200,45 @@ class OpTable:
 
 #: every op's table, by op name (filled as the op modules are imported)
 TABLES: dict = {}
+
+
+# ----------------------------------------------------------------------------- eager twin of an op
+class EagerOp:
+    """A ``torch.library`` custom op and an ``autograd.Function`` running the *same* forward,
+    ``setup_context`` and backward functions; ``__call__`` picks the custom op while
+    ``torch.compile`` traces (so the graph holds the opaque op, fullgraph, with its fake) and
+    the autograd.Function in eager mode.
+
+    Why: in eager mode torch.library's custom-op dispatch (schema parsing of the call, the
+    Python kernel trampoline and its generated autograd node) measured 0.3–0.6 ms per
+    forward+backward on this 2-core CPU — more than the sparse kernels themselves at
+    ML-100K's size — and a DLRL epoch calls three such ops. The autograd.Function does no
+    more than the op's own functions, so the two routes give bit-identical results
+    (``tests/test_eager_ops.py``).
+
+    ``setup_context(ctx, inputs, output)`` and ``backward(ctx, *grads)`` are the functions
+    given to ``register_autograd``; unused outputs' gradients arrive as None on both routes.
+    """
+
+    def __init__(self, op, forward, setup_context, backward):
+        self.op = op
+        self.forward_fn = forward
+
+        def fwd(ctx, *args):
+            ctx.set_materialize_grads(False)
+            out = forward(*args)
+            setup_context(ctx, args, out)
+            if isinstance(out, tuple):  # the custom op's outputs never alias its inputs
+                return tuple(out)
+            return out
+
+        def bwd(ctx, *grads):
+            return backward(ctx, *grads)
+
+        self.function = type(f"{getattr(op, '_name', 'op')}_eager".replace("::", "_"),
+                             (torch.autograd.Function,), {"forward": staticmethod(fwd), "backward": staticmethod(bwd)})
+
+    def __call__(self, *args):
+        if torch.compiler.is_compiling():
+            return self.op(*args)
+        return self.function.apply(*args)

@@ -131,8 +131,7 @@ def _scale(P, lam, Q, a, normalize):
     return c.clamp_min(tiny), v
 
 
-@torch.library.custom_op("dlrl::block_power", mutates_args=())
-def block_power(S: Tensor, a: List[float], normalize: str, method: str, rtol: Optional[float],
+def _block_power_impl(S: Tensor, a: List[float], normalize: str, method: str, rtol: Optional[float],
                 impl: str) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(N, c, v, λ, Q): N = S^a / c for a batch S (..., d, d), one exponent per batch entry
     (``a`` of length 1 or S.shape[0]). v: top vector ("spectral"), λ/Q: the eigh route's
@@ -161,7 +160,10 @@ def block_power(S: Tensor, a: List[float], normalize: str, method: str, rtol: Op
     return N, c, v, lam, Q
 
 
-@block_power.register_fake
+_block_power_op = torch.library.custom_op("dlrl::block_power", _block_power_impl, mutates_args=())
+
+
+@_block_power_op.register_fake
 def _(S, a, normalize, method, rtol, impl):
     eigh = method == "eigh"
     return (torch.empty_like(S), S.new_empty(S.shape[:-2]), S.new_empty(S.shape[:-1]),
@@ -177,6 +179,8 @@ def _setup(ctx, inputs, output):
 
 def _backward(ctx, gN, gc, gv, glam, gQ):
     S, N, c, v, lam, Q = ctx.saved_tensors
+    if gN is None:  # only N is differentiated (c, v, λ, Q are saved for the backward)
+        return None, None, None, None, None, None
     cc = c[..., None, None]
     gP = gN / cc
     if ctx.normalize != "none":
@@ -208,7 +212,10 @@ def _backward(ctx, gN, gc, gv, glam, gQ):
     return gS, None, None, None, None, None
 
 
-block_power.register_autograd(_backward, setup_context=_setup)
+_block_power_op.register_autograd(_backward, setup_context=_setup)
+#: ``dlrl::block_power``, or in eager mode its autograd.Function twin (same functions; see
+#: ``_dispatch.EagerOp``): block_power(S, a, normalize, method, rtol, impl) → (N, c, v, λ, Q)
+block_power = _dispatch.EagerOp(torch.ops.dlrl.block_power, _block_power_impl, _setup, _backward)
 
 
 def _sqrt_backward(C, a, lam, Q, rng):
@@ -228,9 +235,15 @@ def _sqrt_backward(C, a, lam, Q, rng):
 # ----------------------------------------------------------------------------- wrapper
 def _apply_w(W, N, activation="relu"):
     """ReLU(W N) for a tall / square W (…, r, d); ReLU(N W) for a wide one (…, d, c) — the
-    transposed short-side form, since N is symmetric. ``activation="none"``: no ReLU."""
+    transposed short-side form, since N is symmetric. ``activation="none"``: no ReLU.
+
+    The wide output is computed as (Wᵀ N)ᵀ (= N W, N symmetric) so that its transpose, the
+    c×d layout the sparse kernels read, is contiguous: no copy per epoch."""
     d = N.shape[-1]
-    T = W @ N if W.shape[-1] == d else N @ W
+    if W.shape[-1] == d:
+        T = W @ N
+    else:
+        T = (W.transpose(-1, -2) @ N).transpose(-1, -2)
     return torch.relu(T) if activation == "relu" else T
 
 

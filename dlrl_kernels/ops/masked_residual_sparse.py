@@ -5,7 +5,8 @@ rows in chunks of ``CHUNK`` entries so that a 2·10⁶-entry problem does not ho
 nnz×d temporaries at once.
 
 Backend primitives (Triton twin in ``dlrl_kernels/_triton/masked_residual_sparse.py``,
-CUDA twin in ``csrc/sparse_residual.cu`` through ``dlrl_kernels._cuda``); one
+CUDA twin in ``csrc/sparse_residual.cu`` through ``dlrl_kernels._cuda``, native CPU twin in
+``dlrl_kernels/cpu/sparse_cpu.c`` — the ``auto`` choice on CPU tensors when it compiled); one
 ``_dispatch.OpTable`` per public op (``masked_residual_sparse``, ``masked_loss_sparse``), whose
 entries are implementation objects with these two functions:
 
@@ -39,7 +40,7 @@ import torch
 from types import SimpleNamespace
 from typing import Optional
 
-from .._dispatch import OpTable
+from .._dispatch import EagerOp, OpTable
 
 # CSR tensors are used internally with indices built here; torch's "beta" notice says nothing
 # to our users.
@@ -118,7 +119,7 @@ def pattern_rq(pattern, U, Vt, e, scale):
     m, n = pattern.shape
     es = e * scale
     R = torch.sparse_csr_tensor(pattern.crow, pattern.cols, es, (m, n), check_invariants=False) @ Vt
-    Q = torch.sparse_csr_tensor(pattern.ccol, pattern.rows_by_col, es[pattern.col_order], (n, m),
+    Q = torch.sparse_csr_tensor(pattern.ccol, pattern.rows_by_col, es.index_select(0, pattern.col_order), (n, m),
                                 check_invariants=False) @ U
     return R, Q
 
@@ -187,15 +188,25 @@ def _cuda_impl():
     return SimpleNamespace(sparse_residual=_cuda_sparse_residual, sparse_rq=_cuda_sparse_rq)
 
 
+def _cpu_impl():
+    from .. import cpu
+
+    ok, why = cpu.status()
+    if not ok:
+        raise RuntimeError(f"the native CPU kernels are unavailable: {why}")
+    return cpu
+
+
 _INTERFACE = ("sparse_residual", "sparse_rq")
-TABLE = OpTable("masked_residual_sparse", _INTERFACE, reference=lambda: REFERENCE, triton=_triton_impl, cuda=_cuda_impl)
-TABLE_LOSS = OpTable("masked_loss_sparse", _INTERFACE, reference=lambda: REFERENCE, triton=_triton_impl, cuda=_cuda_impl)
+TABLE = OpTable("masked_residual_sparse", _INTERFACE, reference=lambda: REFERENCE, triton=_triton_impl, cuda=_cuda_impl,
+                cpu=_cpu_impl)
+TABLE_LOSS = OpTable("masked_loss_sparse", _INTERFACE, reference=lambda: REFERENCE, triton=_triton_impl,
+                     cuda=_cuda_impl, cpu=_cpu_impl)
 _TABLES = {"masked_residual_sparse": TABLE, "masked_loss_sparse": TABLE_LOSS}
 
 
 # ----------------------------------------------------------------------------- torch.library
-@torch.library.custom_op("dlrl::masked_residual_sparse", mutates_args=())
-def _residual_op(U: torch.Tensor, Vt: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor,
+def _residual_impl(U: torch.Tensor, Vt: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor,
                  backend: str, table: str, crow: Optional[torch.Tensor], ccol: Optional[torch.Tensor],
                  col_order: Optional[torch.Tensor], rows_by_col: Optional[torch.Tensor]) -> torch.Tensor:
     """e = ⟨U[rows], Vt[cols]⟩ − values with the implementation ``_TABLES[table].load(backend)``."""
@@ -206,6 +217,9 @@ def _residual_op(U: torch.Tensor, Vt: torch.Tensor, rows: torch.Tensor, cols: to
         csr = torch.sparse_csr_tensor(crow, cols, values, (U.shape[0], Vt.shape[0]), check_invariants=False)
         return torch.sparse.sampled_addmm(csr, U, Vt.t(), beta=-1.0).values()
     return _TABLES[table].load(backend).sparse_residual(U, Vt, rows, cols, values)
+
+
+_residual_op = torch.library.custom_op("dlrl::masked_residual_sparse", _residual_impl, mutates_args=())
 
 
 @_residual_op.register_fake
@@ -239,6 +253,8 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, ge):
     U, Vt, rows, cols, crow, ccol, col_order, rows_by_col = ctx.saved_tensors
     R = Q = None
+    if ge is None:  # an undefined output gradient (eager route: grads are not materialised)
+        return R, Q, None, None, None, None, None, None, None, None, None
     if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
         R, Q = torch.ops.dlrl.masked_residual_sparse_rq(U, Vt, rows, cols, ge.contiguous(), ctx.backend, ctx.table,
                                                         crow, ccol, col_order, rows_by_col)
@@ -247,6 +263,81 @@ def _backward(ctx, ge):
 
 
 _residual_op.register_autograd(_backward, setup_context=_setup_context)
+#: the op, or in eager mode its autograd.Function twin (same functions; see ``EagerOp``)
+residual_op = EagerOp(torch.ops.dlrl.masked_residual_sparse, _residual_impl, _setup_context, _backward)
+
+
+# ----------------------------------------------------------------------------- the loss op
+def _loss_impl(U: torch.Tensor, Vt: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor,
+             backend: str, crow: Optional[torch.Tensor], ccol: Optional[torch.Tensor],
+             col_order: Optional[torch.Tensor], rows_by_col: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(J, e): J = ½ Σ e² accumulated in float64 (returned in e's dtype) and the residual e.
+
+    One op for the training loss so that its backward folds the loss's scale into the two
+    SpMMs: (R, Q) = ∂J/∂(U, Vt) with scale ∂L/∂J and no nnz-long elementwise passes."""
+    e = _residual_impl(U, Vt, rows, cols, values, backend, "masked_loss_sparse", crow, ccol, col_order, rows_by_col)
+    e64 = e.double()
+    return (0.5 * torch.dot(e64, e64)).to(e.dtype), e
+
+
+_loss_op = torch.library.custom_op("dlrl::masked_loss_sparse", _loss_impl, mutates_args=())
+
+
+@_loss_op.register_fake
+def _(U, Vt, rows, cols, values, backend, crow, ccol, col_order, rows_by_col):
+    return values.new_empty(()), values.new_empty(values.shape)
+
+
+def _loss_setup(ctx, inputs, output):
+    U, Vt, rows, cols, values, backend, crow, ccol, col_order, rows_by_col = inputs
+    ctx.backend = backend
+    ctx.save_for_backward(U, Vt, rows, cols, crow, ccol, col_order, rows_by_col, output[1])
+
+
+def _loss_backward(ctx, gJ, ge):
+    U, Vt, rows, cols, crow, ccol, col_order, rows_by_col, e = ctx.saved_tensors
+    # ∂L/∂e = gJ·e (+ ge when the residual itself was used downstream)
+    if gJ is None and ge is None:
+        return None, None, None, None, None, None, None, None, None, None
+    if ge is None and ctx.backend == "cpu" and gJ.device.type == "cpu" and not torch.compiler.is_compiling():
+        # the native kernel applies the scale, read from gJ's storage (no scalar read-back)
+        R = Q = None
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+            R, Q = TABLE_LOSS.load("cpu").sparse_rq(U, Vt, rows, cols, e, gJ, U.shape[0], Vt.shape[0])
+        gvalues = -(e * gJ) if ctx.needs_input_grad[4] else None
+        return R, Q, None, None, gvalues, None, None, None, None, None
+    else:
+        g, scale = (ge if gJ is None else e * gJ), 1.0
+        if ge is not None and gJ is not None:
+            g = g + ge
+    R = Q = None
+    if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+        R, Q = torch.ops.dlrl.masked_loss_sparse_rq(U, Vt, rows, cols, g.contiguous(), scale, ctx.backend, crow, ccol,
+                                                    col_order, rows_by_col)
+    gvalues = -(g * scale) if ctx.needs_input_grad[4] else None
+    return R, Q, None, None, gvalues, None, None, None, None, None
+
+
+_loss_op.register_autograd(_loss_backward, setup_context=_loss_setup)
+#: the op, or in eager mode its autograd.Function twin (same functions; see ``EagerOp``)
+loss_op = EagerOp(torch.ops.dlrl.masked_loss_sparse, _loss_impl, _loss_setup, _loss_backward)
+
+
+@torch.library.custom_op("dlrl::masked_loss_sparse_rq", mutates_args=())
+def _loss_rq_op(U: torch.Tensor, Vt: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, e: torch.Tensor,
+                scale: float, backend: str, crow: Optional[torch.Tensor], ccol: Optional[torch.Tensor],
+                col_order: Optional[torch.Tensor], rows_by_col: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(R, Q) = scale·(E Vᵀ, Eᵀ U): the loss op's backward (the scale applied inside the kernel)."""
+    m, n = U.shape[0], Vt.shape[0]
+    if backend == "reference" and crow is not None:
+        pat = SimpleNamespace(shape=(m, n), crow=crow, cols=cols, ccol=ccol, col_order=col_order, rows_by_col=rows_by_col)
+        return pattern_rq(pat, U, Vt, e, scale)
+    return TABLE_LOSS.load(backend).sparse_rq(U, Vt, rows, cols, e, scale, m, n)
+
+
+@_loss_rq_op.register_fake
+def _(U, Vt, rows, cols, e, scale, backend, crow, ccol, col_order, rows_by_col):
+    return U.new_empty(U.shape), Vt.new_empty(Vt.shape)
 
 
 # ----------------------------------------------------------------------------- public
@@ -281,7 +372,7 @@ def _residual(factors, rows, cols, values, backend, table, pattern):
         return factors[0][rows.long(), cols.long()] - values
     U, V = outer_factors(factors)
     p = (None, None, None, None) if pattern is None else (pattern.crow, pattern.ccol, pattern.col_order, pattern.rows_by_col)
-    return torch.ops.dlrl.masked_residual_sparse(U, V.t().contiguous(), rows, cols, values, backend, table, *p)
+    return residual_op(U, V.t().contiguous(), rows, cols, values, backend, table, *p)
 
 
 def masked_residual_sparse(factors, rows, cols, values, backend: str = "auto", pattern=None):
@@ -296,7 +387,12 @@ def masked_residual_sparse(factors, rows, cols, values, backend: str = "auto", p
 
 
 def masked_loss_sparse(factors, rows, cols, values, backend: str = "auto", pattern=None):
-    """½ Σ_k e[k]² with a hand-written backward (two SpMM-like chain products)."""
+    """½ Σ_k e[k]² (accumulated in float64) with a hand-written backward: the two SpMM-like
+    chain products with the loss's scale folded in (op ``dlrl::masked_loss_sparse``)."""
     be = _prepare(factors, rows, cols, values, backend, TABLE_LOSS, pattern)
-    e = _residual(factors, rows, cols, values, be, "masked_loss_sparse", pattern)
-    return 0.5 * torch.dot(e, e)
+    if len(factors) == 1:
+        e = _residual(factors, rows, cols, values, be, "masked_loss_sparse", pattern)
+        return 0.5 * torch.dot(e, e)
+    U, V = outer_factors(factors)
+    p = (None, None, None, None) if pattern is None else (pattern.crow, pattern.ccol, pattern.col_order, pattern.rows_by_col)
+    return loss_op(U, V.t().contiguous(), rows, cols, values, be, *p)[0]

@@ -103,11 +103,13 @@ def _backend_name(backend: str, device: str) -> str:
     return TABLE.resolve(backend, torch.device(device))[0]
 
 
-@torch.library.custom_op("dlrl::pinv", mutates_args=())
-def _pinv_op(G: Tensor, method: str, rtol: Optional[float], backend: str) -> Tensor:
+def _pinv_impl(G: Tensor, method: str, rtol: Optional[float], backend: str) -> Tensor:
     if method == "svd":
         return svd_pinv(G, rtol)
     return TABLE.load(backend).gram_pinv_newton(G, rtol)
+
+
+_pinv_op = torch.library.custom_op("dlrl::pinv", _pinv_impl, mutates_args=())
 
 
 @_pinv_op.register_fake
@@ -121,10 +123,15 @@ def _setup(ctx, inputs, output):
 
 def _backward(ctx, gX):
     G, X = ctx.saved_tensors
+    if gX is None:
+        return None, None, None, None
     return pinv_backward(G, X, gX), None, None, None
 
 
 _pinv_op.register_autograd(_backward, setup_context=_setup)
+#: ``dlrl::pinv``, or in eager mode its autograd.Function twin (same functions; see
+#: ``_dispatch.EagerOp``): pinv_op(G, method, rtol, backend)
+pinv_op = _dispatch.EagerOp(torch.ops.dlrl.pinv, _pinv_impl, _setup, _backward)
 
 
 def pinv(G, method: str = "auto", rtol=None, max_iters=None, backend: str = "auto"):
@@ -154,4 +161,4 @@ def pinv(G, method: str = "auto", rtol=None, max_iters=None, backend: str = "aut
     name = _backend_name(backend, str(G.device))
     if method == "auto":
         method = "newton" if (G.device.type == "cuda" or name == "triton") else "svd"
-    return torch.ops.dlrl.pinv(G, method, rtol, name)
+    return pinv_op(G, method, rtol, name)

@@ -358,8 +358,8 @@ class DLRL(nn.Module):
             raise ValueError(f"init: expected 'auto', 'published', 'scaled' or 'signed', got {g['init']!r}")
         if g["method"] not in ("auto", "eigh", "newton"):
             raise ValueError(f"method: expected 'auto', 'eigh' or 'newton', got {g['method']!r}")
-        if g["backend"] not in ("auto", "reference", "triton", "cuda"):
-            raise ValueError(f"backend: expected 'auto', 'reference', 'triton' or 'cuda', got {g['backend']!r}")
+        if g["backend"] not in ("auto", "reference", "triton", "cuda", "cpu"):
+            raise ValueError(f"backend: expected 'auto', 'reference', 'triton', 'cuda' or 'cpu', got {g['backend']!r}")
         p = 1.0 if g["p"] is None else g["p"]
         seed = _int_arg(g["seed"], "seed")
         self.config = DLRLConfig((m, n), rank, blocks, tuple(p) if isinstance(p, (list, tuple)) else (p,),
@@ -546,7 +546,7 @@ class DLRL(nn.Module):
 
             name = _pinv.TABLE.resolve(self.config.backend, G.device)[0]
             try:
-                return 0.5 * torch.ops.dlrl.pinv(G, "svd", None, name)
+                return 0.5 * _pinv.pinv_op(G, "svd", None, name)
             except RuntimeError as err:
                 if bool(torch.isfinite(G).all()):
                     raise
@@ -618,9 +618,8 @@ class DLRL(nn.Module):
             table = _mrs.TABLE if op_name == "masked_residual_sparse" else _mrs.TABLE_LOSS
             be = table.resolve(self.config.backend, obs.values.device, triton_ok=True, cuda_ok=True)[0]
             U, V = outer_factors(outs)
-            return torch.ops.dlrl.masked_residual_sparse(U, V.t().contiguous(), obs.rows, obs.cols, obs.values,
-                                                         be, op_name, pat.crow, pat.ccol, pat.col_order,
-                                                         pat.rows_by_col)
+            return _mrs.residual_op(U, V.t().contiguous(), obs.rows, obs.cols, obs.values, be, op_name, pat.crow,
+                                    pat.ccol, pat.col_order, pat.rows_by_col)
         return dk.masked_residual_sparse(outs, obs.rows, obs.cols, obs.values, backend=self.config.backend,
                                          pattern=pat)
 
@@ -631,13 +630,45 @@ class DLRL(nn.Module):
         # the biases enter the residual directly
         return e + (self.mu + self.bu[obs.rows] + self.bi[obs.cols])
 
+    def _outer(self, outs):
+        """(U, Vᵀ) of the product X̂_1⋯X̂_I: U = X̂_1 (X̂_2⋯X̂_{I−1}) — the d×d middle product
+        first, so one m×d·d×d matmul instead of I−2 — and Vᵀ = X̂_Iᵀ (n×d; contiguous as
+        ``lowrank_block`` lays the wide output out). With biases, two columns are appended:
+        U' = [U, μ + b_u, 1], V' = [V, 1, b_i], so that U'V'ᵀ = UVᵀ + μ + b_u + b_i and the
+        sparse kernel adds the biases with no nnz-long gathers or scatters (their gradients
+        are the kernel's two SpMMs' extra columns)."""
+        mid = None
+        for M in outs[1:-1]:
+            mid = M if mid is None else mid @ M
+        U = outs[0] if mid is None else outs[0] @ mid
+        Vt = outs[-1].t()
+        if self.config.bias:
+            key = (U.shape[0], Vt.shape[0], U.dtype, U.device)
+            if getattr(self, "_ones_key", None) != key:
+                self._ones = (U.new_ones(U.shape[0], 1), U.new_ones(Vt.shape[0], 1))
+                self._ones_key = key
+            U = torch.cat([U, (self.mu + self.bu)[:, None], self._ones[0]], 1)
+            Vt = torch.cat([Vt, self._ones[1], self.bi[:, None]], 1)
+        return U, Vt.contiguous()
+
     def loss(self, obs: Observations, outs=None, nnz=None):
         """Training loss J (Eq. 26): ½‖P_Ω(X̂ − X)‖² ("sum") or its per-entry mean (over
         ``nnz`` entries: the global count under data-parallel training)."""
         outs = self.block_outputs() if outs is None else outs
         cfg = self.config
+        pat = obs.pattern
         if not cfg.bias and obs.X is not None and cfg.dense:
             J = dk.masked_loss(outs, obs.X, backend=cfg.backend)
+        elif pat is not None and len(outs) > 1 and _raw_op("masked_loss_sparse", 10):
+            # the registered loss op on (U, Vᵀ) directly: one SDDMM forward, two SpMMs with the
+            # loss's scale folded in backward (inside a fit the observations were validated
+            # once, so the public wrapper's per-call NaN scans — host syncs — are skipped)
+            from dlrl_kernels.ops import masked_residual_sparse as _mrs
+
+            be = _mrs.TABLE_LOSS.resolve(cfg.backend, obs.values.device, triton_ok=True, cuda_ok=True)[0]
+            U, Vt = self._outer(outs)
+            J = _mrs.loss_op(U, Vt, obs.rows, obs.cols, obs.values, be, pat.crow, pat.ccol, pat.col_order,
+                             pat.rows_by_col)[0]
         elif not cfg.bias:
             e = self._sparse_residual(outs, obs, "masked_loss_sparse")
             J = 0.5 * torch.dot(e, e)
@@ -1155,8 +1186,12 @@ class DLRL(nn.Module):
             self._restore(best)
         if carry and early_stopping is None and carry_best["state"] is not None and self.history:
             final = self.history[-1]["train_loss"]
+            # the loss of the state after the last step is not known (it is the next epoch's),
+            # so the state returned is always the one whose loss is the lowest recorded (when
+            # that is the last epoch, its step is undone: a seed-dependent test caught the
+            # returned state not matching any recorded loss)
+            self._restore(carry_best)
             if final > carry_best["loss"]:
-                self._restore(carry_best)
                 if final > 1.1 * carry_best["loss"]:
                     import warnings
 
@@ -1393,7 +1428,9 @@ def _threads_for(nnz):
 def _backend_name(backend, device):
     from dlrl_kernels import _dispatch
 
-    return _dispatch.resolve(backend, torch.device(device), "masked_loss_sparse", triton_ok=True, cuda_ok=True)
+    from dlrl_kernels.ops import masked_residual_sparse as _mrs
+
+    return _mrs.TABLE_LOSS.resolve(backend, torch.device(device), triton_ok=True, cuda_ok=True)[0]
 
 
 def _progress(it, enabled):

@@ -1,0 +1,239 @@
+"""Native CPU kernels (``sparse_cpu.c`` beside this file), compiled on first use.
+
+The sparse residual and its two chain gradients are the bulk of a DLRL epoch on a CPU, and
+torch's CPU sparse ops are 3–10× slower than one fused pass at the sizes DLRL trains on
+(``bench/bench_kernels.py`` measures both side by side). The C file has no torch headers: it is
+compiled with the system C compiler (``$CC``, else ``cc``/``gcc``/``clang``) — once generic and
+once per rank d it meets (a build whose loops know d, 2–3× faster; ~0.3 s each) — cached under
+``$DLRL_CACHE_DIR`` (default ``~/.cache/dlrl_kernels``) keyed by the source, flags, d and the
+CPU, and called through ``ctypes`` on the data pointers of contiguous tensors.
+
+``status()`` → (available, reason). It is unavailable — and ``backend="auto"`` then uses the
+pure-PyTorch reference — when ``DLRL_NATIVE=0`` is set, no C compiler is found, or the
+compile fails (the reason says which). Nothing here raises at import.
+
+Functions (inputs already validated by the op layer; index tensors int64, float tensors
+float32 or float64 of one dtype, all contiguous on the CPU):
+
+- ``sparse_residual(U, Vt, rows, cols, values)`` → e
+- ``sparse_rq(U, Vt, rows, cols, e, scale, m, n)`` → (R, Q); ``scale`` a number or a one-element
+  CPU tensor
+
+With more than one torch thread and at least ``PARALLEL_MIN_NNZ`` entries the residual is split
+over two threads and R and Q are computed on two threads at once (ctypes releases the GIL;
+R and Q write disjoint memory, so no atomics are needed).
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("sparse_cpu.c")
+ABI = 3
+#: ranks up to this get a build specialised for their d (see sparse_cpu.c); others the generic one
+MAX_SPECIAL_D = 128
+#: below this many entries one thread does everything (thread hand-off costs ~50 µs)
+PARALLEL_MIN_NNZ = 200_000
+#: compile flags. -ffast-math lets the compiler vectorise the dot products' reductions (2–3×
+#: measured here); -fno-finite-math-only keeps NaN/Inf arithmetic as IEEE, and the link step
+#: is separate and without -ffast-math so that crtfastmath (which would switch the whole
+#: process to flush-to-zero) is never linked in. -march=native is dropped if the compiler
+#: refuses it.
+COMPILE_FLAGS = ("-O3", "-march=native", "-ffast-math", "-fno-finite-math-only", "-fPIC", "-std=c99")
+LINK_FLAGS = ("-shared",)
+
+_lock = threading.RLock()  # _lib(d) falls back to _lib(0) while holding it
+_state: dict = {}
+
+
+def _compiler():
+    for cand in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if cand and shutil.which(cand):
+            return shutil.which(cand)
+    return None
+
+
+def _cpu_key() -> str:
+    """What the compiled code depends on besides the source: -march=native's CPU."""
+    flags = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "model name", "Features", "CPU part")):
+                    flags += line
+                if line.strip() == "":
+                    break
+    except OSError:
+        pass
+    return flags or platform.processor() or platform.machine()
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("DLRL_CACHE_DIR")
+    if base:
+        return Path(base)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return Path(xdg) / "dlrl_kernels" if xdg else Path.home() / ".cache" / "dlrl_kernels"
+
+
+def _build(d: int = 0) -> tuple[object, str]:
+    """(library, "") or (None, reason) for the build specialised to rank ``d`` (0: generic)."""
+    if os.environ.get("DLRL_NATIVE", "1").strip() in ("0", "", "false", "False", "no"):
+        return None, "DLRL_NATIVE=0 is set"
+    if not SOURCE.exists():
+        return None, f"the kernel source {SOURCE} is missing from this install"
+    cc = _compiler()
+    if cc is None:
+        return None, "no C compiler found ($CC, cc, gcc, clang)"
+    src = SOURCE.read_bytes()
+    define = f"-DDLRL_D={int(d)}"
+    key = hashlib.sha256(src + " ".join((cc, *COMPILE_FLAGS, *LINK_FLAGS)).encode()
+                         + _cpu_key().encode()).hexdigest()[:16]
+    out_dir = cache_dir()
+    lib = out_dir / f"sparse_cpu_{key}_d{int(d)}{'.dll' if sys.platform == 'win32' else '.so'}"
+    if not lib.exists():
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
+            os.close(fd)
+        except OSError as err:
+            return None, f"cannot write the kernel cache {out_dir} ({err}); set DLRL_CACHE_DIR"
+        obj = tmp + ".o"
+        try:
+            err = ""
+            for flags in (COMPILE_FLAGS, tuple(f for f in COMPILE_FLAGS if not f.startswith("-march"))):
+                proc = subprocess.run([cc, *flags, define, "-c", str(SOURCE), "-o", obj], capture_output=True,
+                                      text=True, timeout=120)
+                if proc.returncode == 0:
+                    break
+                err = (proc.stderr or proc.stdout).strip()[:500]
+            else:
+                return None, f"{cc} failed to compile {SOURCE.name}: {err}"
+            proc = subprocess.run([cc, *LINK_FLAGS, obj, "-o", tmp], capture_output=True, text=True, timeout=120)
+            if proc.returncode != 0:
+                return None, f"{cc} failed to link {SOURCE.name}: {(proc.stderr or proc.stdout).strip()[:500]}"
+            os.replace(tmp, lib)  # atomic: a concurrent process sees the old name or the whole file
+        except (OSError, subprocess.SubprocessError) as exc:
+            return None, f"compiling {SOURCE.name} with {cc} failed ({exc})"
+        finally:
+            for f in (tmp, obj):
+                if os.path.exists(f):
+                    os.unlink(f)
+    try:
+        so = ctypes.CDLL(str(lib))
+    except OSError as err:
+        return None, f"cannot load {lib} ({err})"
+    if so.dlrl_native_abi() != ABI or so.dlrl_native_dim() != int(d):
+        return None, f"{lib} has ABI {so.dlrl_native_abi()} / d {so.dlrl_native_dim()}, expected {ABI} / {d} (stale cache?)"
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    for suf in ("f32", "f64"):
+        getattr(so, f"dlrl_residual_{suf}").argtypes = [i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr]
+        getattr(so, f"dlrl_grad_rows_{suf}").argtypes = [i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr]
+        getattr(so, f"dlrl_grad_cols_{suf}").argtypes = [i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr]
+        for f in ("residual", "grad_rows", "grad_cols"):
+            getattr(so, f"dlrl_{f}_{suf}").restype = None
+    return so, ""
+
+
+def _lib(d: int = 0):
+    """The build for rank d (specialised up to MAX_SPECIAL_D; if that build fails, the generic
+    one). None when even the generic build is unavailable."""
+    key = int(d) if 0 < int(d) <= MAX_SPECIAL_D else 0
+    if key not in _state:
+        with _lock:
+            if key not in _state:
+                lib, why = _build(key)
+                if lib is None and key != 0:
+                    lib = _lib(0)
+                _state[key] = lib
+                if key == 0:
+                    _state["why"] = why
+    return _state[key]
+
+
+def status() -> tuple[bool, str]:
+    """(available, reason it is not) — builds the generic library on the first call."""
+    lib = _lib(0)
+    return lib is not None, _state.get("why", "")
+
+
+def _pool():
+    if "pool" not in _state:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _state["pool"] = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dlrl-cpu")
+    return _state["pool"]
+
+
+def _suffix(t: torch.Tensor) -> str:
+    if t.dtype == torch.float32:
+        return "f32"
+    if t.dtype == torch.float64:
+        return "f64"
+    raise TypeError(f"dlrl_kernels.cpu: expected float32 or float64 tensors, got {t.dtype}")
+
+
+def _prep(U, Vt, rows, cols):
+    lib = _lib(U.shape[1])
+    if lib is None:
+        raise RuntimeError(f"the native CPU kernels are unavailable: {_state.get('why')}")
+    return lib, U.contiguous(), Vt.contiguous(), rows.contiguous().long(), cols.contiguous().long()
+
+
+def _two_threads(nnz):
+    return nnz >= PARALLEL_MIN_NNZ and torch.get_num_threads() > 1
+
+
+def sparse_residual(U, Vt, rows, cols, values):
+    lib, U, Vt, rows, cols = _prep(U, Vt, rows, cols)
+    values = values.to(U.dtype).contiguous()
+    nnz, d = values.numel(), U.shape[1]
+    e = torch.empty_like(values)
+    if nnz == 0:
+        return e
+    f = getattr(lib, f"dlrl_residual_{_suffix(U)}")
+    args = (d, rows.data_ptr(), cols.data_ptr(), U.data_ptr(), Vt.data_ptr(), values.data_ptr(), e.data_ptr())
+    if _two_threads(nnz):
+        half = nnz // 2
+        fut = _pool().submit(f, half, nnz, *args)
+        f(0, half, *args)
+        fut.result()
+    else:
+        f(0, nnz, *args)
+    return e
+
+
+def sparse_rq(U, Vt, rows, cols, e, scale, m, n):
+    lib, U, Vt, rows, cols = _prep(U, Vt, rows, cols)
+    e = e.to(U.dtype).contiguous()
+    nnz, d = e.numel(), U.shape[1]
+    R = torch.empty(m, d, dtype=U.dtype)
+    Q = torch.empty(n, d, dtype=U.dtype)
+    suf = _suffix(U)
+    # scale: a number, or a one-element CPU tensor (the loss backward's incoming gradient),
+    # which the kernel reads through a pointer — no scalar read back into Python
+    sc = scale.detach().reshape(1).to(U.dtype).contiguous() if isinstance(scale, torch.Tensor) else \
+        torch.tensor([float(scale)], dtype=U.dtype)
+    if sc.device.type != "cpu":
+        raise ValueError(f"scale: expected a number or a CPU tensor, got a tensor on {sc.device}")
+    fr, fc = getattr(lib, f"dlrl_grad_rows_{suf}"), getattr(lib, f"dlrl_grad_cols_{suf}")
+    ra = (nnz, m, d, rows.data_ptr(), cols.data_ptr(), Vt.data_ptr(), e.data_ptr(), sc.data_ptr(), R.data_ptr())
+    ca = (nnz, n, d, rows.data_ptr(), cols.data_ptr(), U.data_ptr(), e.data_ptr(), sc.data_ptr(), Q.data_ptr())
+    if _two_threads(nnz):
+        fut = _pool().submit(fc, *ca)
+        fr(*ra)
+        fut.result()
+    else:
+        fr(*ra)
+        fc(*ca)
+    return R, Q
