@@ -240,6 +240,14 @@ def fam_sparse(sz, dtype, dev, gen, on_gpu):
                  lambda variant=variant: k.sparse_rq(U, Vt, rows, cols, e, 1.0, m, n, variant=variant))
             )
     cases.append(("masked_loss_sparse fwd+bwd", desc, fwbw, fwd_bytes + bwd_bytes, nnz))
+    # the training path: positions sorted once into a pattern (the reference then runs one
+    # sampled product over the CSR and two CSR SpMMs; the native CPU kernel one pass each)
+    pat = dk.sparse_pattern(r64, c64, (m, n))
+    pv = vals[pat.order]
+    fwbw_p = [(label[b], fb(lambda u, v, b=b: dk.masked_loss_sparse([u, v], pat.rows, pat.cols, pv, backend=b,
+                                                                      pattern=pat))) for b in backends]
+    cases.append(("masked_loss_sparse fwd+bwd, pattern", desc.replace("int32 idx", "sorted pattern"), fwbw_p,
+                  fwd_bytes + bwd_bytes, nnz))
     return cases
 
 
