@@ -373,3 +373,21 @@ def test_inpaint_errors():
         inpaint(img, obs, rank=0)
     with pytest.raises(ValueError, match="holdout"):
         inpaint(img, obs, holdout="stripes")
+
+
+def test_combine_skips_members_that_never_saw_the_patch():
+    from dlrl.images import MIN_SEEN, _combine
+
+    a = torch.full((2, 2, 1), 10.0, dtype=torch.float64)
+    b = torch.full((2, 2, 1), 50.0, dtype=torch.float64)
+    seen_a = torch.full_like(a, 1.0)
+    seen_b = torch.full_like(b, 1.0)
+    seen_b[0, 0] = 0.0  # member b's patch at (0, 0) had nothing observed
+    out = _combine([a, b], [seen_a, seen_b])
+    assert out[0, 0, 0] == 10.0 and out[1, 1, 0] == 30.0
+    # nobody saw (0, 0) enough: the seen-weighted mean; nobody saw it at all: the plain mean
+    low = torch.full_like(a, MIN_SEEN / 2)
+    out = _combine([a, b], [low, 2 * low * 0.5])
+    assert torch.allclose(out, torch.full_like(a, 30.0))
+    zero = torch.zeros_like(a)
+    assert torch.allclose(_combine([a, b], [zero, zero]), torch.full_like(a, 30.0))

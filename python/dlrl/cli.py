@@ -667,8 +667,9 @@ def _demo_image(a, out, quick):
         _step(bar, f"{name} {p_base[name]:.2f} dB")
     im.save_image(rec, out / "astronaut_dlrl.png")
     im.side_by_side([img, observed_for_display(img, observed), rec, *base.values()],
-                    ["original", "observed (40 % missing, in grey)", f"DLRL: {p_dlrl:.2f} dB",
-                     *(f"{k}: {v:.2f} dB" for k, v in p_base.items())], out / "astronaut_side_by_side.png")
+                    ["original", "observed (40 % missing, in grey)", f"DLRL: {p_dlrl:.2f} dB on missing px",
+                     *(f"{k}: {v:.2f} dB on missing px" for k, v in p_base.items())],
+                    out / "astronaut_side_by_side.png")
     _plot_history(report["history"], out / "astronaut_loss.png",
                   f"DLRL on the astronaut (ensemble member 1 of {report['models_run']}): {p_dlrl:.2f} dB (missing px)")
     _step(bar, "figures")
