@@ -104,3 +104,30 @@ def test_newton_float32_extreme_scales(gen, scale, shape):
     X = dk.pinv((scale * G).float(), method="newton")
     assert torch.isfinite(X).all()
     assert rel_err(X, ref_pinv(G) / scale) < 1e-4
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("d, rank", [(5, None), (20, None), (20, 7), (17, 1)])
+def test_eigh_route_matches_svd_on_symmetric_indefinite_input(gen, dtype, d, rank):
+    """method="eigh" (symmetric G, e.g. the published operator ½(S + st)^∘a): the SVD route's
+    result with the same cut-off, on indefinite, rank-deficient and ill-conditioned batches."""
+    Q, _ = torch.linalg.qr(torch.randn(3, d, d, generator=gen, dtype=torch.float64))
+    lam = torch.logspace(0, -4, d, dtype=torch.float64) * torch.where(torch.rand(d, generator=gen) < 0.5, -1.0, 1.0)
+    if rank is not None:
+        lam[rank:] = 0
+    G = ((Q * lam) @ Q.transpose(-1, -2)).to(dtype)
+    G = 0.5 * (G + G.transpose(-1, -2))
+    tol = 1e-9 if dtype == torch.float64 else 2e-3
+    assert rel_err(dk.pinv(G, method="eigh"), dk.pinv(G, method="svd")) < tol
+    assert rel_err(dk.pinv(G, method="eigh"), ref_pinv(G, rtol=d * torch.finfo(dtype).eps)) < tol
+
+
+def test_eigh_route_gradcheck_and_refuses_nonsymmetric(gen):
+    A = torch.randn(2, 6, 6, generator=gen, dtype=torch.float64)
+    A = A + A.transpose(-1, -2) + 6 * torch.eye(6, dtype=torch.float64)
+    A.requires_grad_()
+    assert gradcheck(lambda a: dk.pinv(0.5 * (a + a.transpose(-1, -2)), method="eigh"), (A,))
+    with pytest.raises(ValueError, match="symmetric"):
+        dk.pinv(torch.randn(6, 6, generator=gen, dtype=torch.float64), method="eigh")
+    with pytest.raises(ValueError, match="symmetric"):
+        dk.pinv(torch.randn(6, 4, generator=gen, dtype=torch.float64), method="eigh")

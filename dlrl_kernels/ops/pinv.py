@@ -57,6 +57,15 @@ def svd_pinv(G, rtol=None):
     return torch.linalg.pinv(G, rtol=rtol)
 
 
+def eigh_pinv(G, rtol=None):
+    """G⁺ of a symmetric G through its eigen-decomposition (|λ| as the singular values: the same
+    cut-off rtol·max|λ| and, in exact arithmetic, the same result as ``svd_pinv``); an eigh
+    costs about half an SVD at d = 20 (158 vs 276 µs for 5 matrices on this CPU)."""
+    if rtol is None:
+        rtol = default_rtol(G)
+    return torch.linalg.pinv(G, rtol=rtol, hermitian=True)
+
+
 def pinv_backward(G, X, gX):
     """Adjoint of X = G⁺ for locally constant rank (Golub–Pereyra), batched."""
     Xt, Gt = X.transpose(-1, -2), G.transpose(-1, -2)
@@ -106,6 +115,8 @@ def _backend_name(backend: str, device: str) -> str:
 def _pinv_impl(G: Tensor, method: str, rtol: Optional[float], backend: str) -> Tensor:
     if method == "svd":
         return svd_pinv(G, rtol)
+    if method == "eigh":
+        return eigh_pinv(G, rtol)
     return TABLE.load(backend).gram_pinv_newton(G, rtol)
 
 
@@ -138,6 +149,7 @@ def pinv(G, method: str = "auto", rtol=None, max_iters=None, backend: str = "aut
     """Batched pseudo-inverse of G (..., r, c).
 
     method: "svd" (torch.linalg.pinv with relative cut-off ``rtol``, default max(r,c)·eps),
+    "eigh" (symmetric G only: the same through an eigen-decomposition, about twice as fast),
     "newton" (matmul only: ``gram_pinv_newton``, explicit threshold ``rtol``) or "auto"
     (newton on CUDA / Triton, svd on CPU). Differentiable (constant-rank derivative),
     registered as ``torch.ops.dlrl.pinv``.
@@ -151,7 +163,10 @@ def pinv(G, method: str = "auto", rtol=None, max_iters=None, backend: str = "aut
     """
     if not torch.compiler.is_compiling():
         check_float_tensor(G, "G", ndim_min=2)
-        check_method(method, {"auto", "svd", "newton"})
+        check_method(method, {"auto", "svd", "eigh", "newton"})
+        if method == "eigh" and (G.shape[-1] != G.shape[-2] or not torch.allclose(G, G.transpose(-1, -2))):
+            raise ValueError(f"G: method='eigh' needs symmetric matrices, got shape {tuple(G.shape)}"
+                             + ("" if G.shape[-1] != G.shape[-2] else " that are not symmetric"))
         rtol = _check_rtol(rtol)
         if max_iters is not None:
             raise ValueError(
