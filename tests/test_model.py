@@ -301,3 +301,28 @@ def test_cold_rows_and_columns_are_predicted_from_biases_or_the_mean(gen, bias):
     torch.testing.assert_close(full[3, 0], pred[0])
     warm = model.predict(torch.tensor([0]), torch.tensor([0]))
     assert not torch.allclose(warm, expect[:1])  # warm entries keep their factor term
+
+
+def test_fit_on_a_dataframe_maps_ids_and_predicts_by_id(gen, tmp_path):
+    pd = pytest.importorskip("pandas")
+    X, obs, r, c, v = problem(gen)
+    users = np.array([f"u{i:03d}" for i in range(X.shape[0])])[r.numpy()]
+    items = (1000 + c.numpy() * 7)  # integer ids with gaps
+    df = pd.DataFrame({"user": users, "item": items, "rating": v.numpy()})
+    model = DLRL(X.shape, rank=3, dtype="float64", seed=1)
+    model.fit(df, epochs=5, progress=False, tune=False)
+    ref = DLRL(X.shape, rank=3, dtype="float64", seed=1)
+    ref.fit(rows=r, cols=c, values=v, epochs=5, progress=False, tune=False)  # same ids, in sorted order
+    got = model.predict_ids(["u003", "u010"], [1000 + 7 * 2, 1000 + 7 * 5])
+    torch.testing.assert_close(got, ref.predict(torch.tensor([3, 10]), torch.tensor([2, 5])))
+    with pytest.raises(ValueError, match="'nobody'"):
+        model.predict_ids(["nobody"], [1000])
+    p = model.save(tmp_path / "m.pt")
+    loaded = DLRL.load(p)
+    torch.testing.assert_close(loaded.predict_ids(["u003"], [1014]), model.predict_ids(["u003"], [1014]))
+    with pytest.raises(ValueError, match="more than the model's shape"):
+        DLRL((3, 3), rank=2).fit(df, epochs=1, progress=False, tune=False)
+    with pytest.raises(ValueError, match="DataFrame"):
+        DLRL(X.shape, rank=2).fit(df, mask=obs, epochs=1, progress=False, tune=False)
+    with pytest.raises(ValueError, match="predict_ids"):
+        ref.predict_ids(["u003"], [1014])

@@ -688,6 +688,33 @@ class DLRL(nn.Module):
             U = U @ M
         return U, outs[-1]
 
+    def _from_dataframe(self, df, mask, rows, cols, values):
+        """fit(df): a pandas DataFrame with columns user / item / rating (any hashable ids,
+        mapped to sorted row / column indices by ``dlrl.frames.from_dataframe``; the maps are
+        kept in ``user_ids`` / ``item_ids`` for ``predict_ids`` and saved with the model)."""
+        if mask is not None or rows is not None or cols is not None or values is not None:
+            raise ValueError("X: a DataFrame carries its own ids and ratings; give no mask/rows/cols/values with it")
+        from .frames import from_dataframe
+
+        r, c, v, (nu, ni), uid, iid = from_dataframe(df)
+        m, n = self.config.shape
+        if nu > m or ni > n:
+            raise ValueError(f"X: the DataFrame has {nu} users × {ni} items, more than the model's shape {(m, n)}; "
+                             f"build it with DLRL(({nu}, {ni}), ...) (see dlrl.frames.from_dataframe)")
+        self.user_ids, self.item_ids = uid, iid
+        return None, r, c, v
+
+    @torch.no_grad()
+    def predict_ids(self, users, items):
+        """Predictions by original id after ``fit(df)`` (a ValueError names the first id that
+        was not in the training DataFrame)."""
+        if getattr(self, "user_ids", None) is None:
+            raise ValueError("predict_ids: the model was not fitted on a DataFrame (no id maps); use predict(rows, cols)")
+        from .frames import to_indices
+
+        r, c = to_indices(users, items, self.user_ids, self.item_ids)
+        return self.predict(r, c)
+
     @torch.no_grad()
     def predict(self, rows, cols):
         """Predicted entries at (rows, cols); biases added and clipped if configured. Ids must
@@ -755,7 +782,9 @@ class DLRL(nn.Module):
         """Train W_k and η (and the biases) with Adam and a plateau schedule.
 
         Observations: dense ``X`` (NaN = missing, or with ``mask``) or ``rows, cols, values``
-        (ids: integers, or whole-number floats; 1.9 is refused, never truncated).
+        (ids: integers, or whole-number floats; 1.9 is refused, never truncated), or a pandas
+        DataFrame ``X`` with columns user / item / rating and any ids (mapped to sorted indices,
+        kept in ``user_ids`` / ``item_ids``; predict by id with ``predict_ids``).
         ``val``: optional (rows, cols, values) used for validation RMSE and early stopping.
         Defaults follow the mode: published — 300 epochs, Adam(lr 0.01, betas (0.9, 0.92),
         weight_decay 0.15), plateau schedule (factor 0.1, patience 10) on the training loss,
@@ -841,6 +870,8 @@ class DLRL(nn.Module):
             raise ValueError(f"tune: expected None, True, False or 'auto', got {tune!r}")
         if callback is not None and not callable(callback):
             raise TypeError(f"callback: expected a callable, got {type(callback).__name__}")
+        if _is_dataframe(X):
+            X, rows, cols, values = self._from_dataframe(X, mask, rows, cols, values)
         obs = as_observations(X, mask, rows, cols, values, shape=cfg.shape)
         if obs.shape != cfg.shape:
             raise ValueError(f"X: expected shape {cfg.shape} (the model's), got {obs.shape}")
@@ -1258,6 +1289,7 @@ class DLRL(nn.Module):
             "stop_reason": self.stop_reason,
             "world_size": self.world_size,
             "tuning_report": _plain(self.tuning_report),
+            "ids": _ids_payload(getattr(self, "user_ids", None), getattr(self, "item_ids", None)),
         }, path)
         return path
 
@@ -1288,6 +1320,11 @@ class DLRL(nn.Module):
         model.world_size = state.get("world_size", 1)
         model.tuning_report = state.get("tuning_report")
         model._best = state.get("best")
+        ids = state.get("ids")
+        if ids:
+            import numpy as np
+
+            model.user_ids, model.item_ids = np.asarray(ids["user"]), np.asarray(ids["item"])
         if device is not None:
             model.to(device)
         return model
@@ -1363,6 +1400,22 @@ def _plain(obj):
         return int(f) if f.is_integer() and "int" in type(obj).__name__ else f
     except (TypeError, ValueError):
         return str(obj)
+
+
+def _is_dataframe(X):
+    return X is not None and type(X).__name__ == "DataFrame" and hasattr(X, "columns")
+
+
+def _ids_payload(user_ids, item_ids):
+    """The id maps as plain lists (a weights_only checkpoint holds no numpy objects); ids that
+    are not ints / floats / strings are kept as their str."""
+    if user_ids is None or item_ids is None:
+        return None
+
+    def plain(a):
+        return [x.item() if hasattr(x, "item") else (x if isinstance(x, (int, float, str)) else str(x)) for x in a]
+
+    return {"user": plain(user_ids), "item": plain(item_ids)}
 
 
 def _clone_state(sd):
