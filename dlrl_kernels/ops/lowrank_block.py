@@ -317,4 +317,4 @@ def lowrank_block(Y, W, p, method: str = "auto", normalize=None, rtol=None, back
     N = block_power(S, a, nz, meth, rtol, be)[0]
     if single:
         return _apply_w(W, N, activation)
-    return [_apply_w(Wk, N[k], activation) for k, Wk in enumerate(Ws)]
+    return [_apply_w(Wk, Nk, activation) for Wk, Nk in zip(Ws, N.unbind(0))]  # one unbind, not I selects

@@ -591,11 +591,11 @@ class DLRL(nn.Module):
         if cfg.mode == "published":
             M = self._published_operators(S)
             outs = []
-            for k in range(cfg.blocks):
+            for k, Mk in enumerate(M.unbind(0)):
                 if self._transposed(k):
-                    outs.append(torch.relu(self.W[k].t() @ M[k]).t())
+                    outs.append(torch.relu(self.W[k].t() @ Mk).t())
                 else:
-                    outs.append(torch.relu(self.W[k] @ M[k]))
+                    outs.append(torch.relu(self.W[k] @ Mk))
             return outs
         return dk.lowrank_block(None, list(self.W), self.ps, method=cfg.method, normalize=cfg.normalize,
                                 backend=cfg.backend, S=S, activation=self.activation)
