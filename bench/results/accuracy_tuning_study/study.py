@@ -49,7 +49,7 @@ def run(name, variant, seed, budget=None):
     # fit_tuned reads the module globals at call time except default args: pass explicitly
     res = tuning.choose({"clip": (1.0, 5.0), "seed": seed}, tr.rows[fit], tr.cols[fit], tr.values[fit],
                         (tr.n_users, tr.n_items), {"clip", "seed"}, seed=seed, budget_s=budget,
-                        fit_defaults=v["fit"], z=v["z"])
+                        fit_defaults=v["fit"], z=v["z"], min_val=v["min_val"])
     model, _ = tuning.fit_tuned(tr.rows[fit], tr.cols[fit], tr.values[fit], (tr.n_users, tr.n_items), seed=seed,
                                 members=v["members"], tune=False, clip=(1.0, 5.0), **res["overrides"], **res["fit_kwargs"])
     err = float(rmse(model.predict(tr.rows[val], tr.cols[val]), tr.values[val]))
