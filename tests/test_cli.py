@@ -40,11 +40,11 @@ def test_fit_writes_json_plot_and_resumable_checkpoint(tmp_path, gen, capsys):
     res = json.loads(out.read_text())
     for key in ("test_rmse", "fit_seconds", "epochs", "backend", "mode"):
         assert key in res, key
-    assert res["epochs"] == 12 and res["backend"] == "reference" and res["mode"] == "paper"
+    assert res["epochs"] == 12 and res["backend"] in ("reference", "cpu") and res["mode"] == "paper"  # "cpu": the native CPU kernels
     assert np.isfinite(res["test_rmse"]) and 0 < res["test_rmse"] < 4
     assert png.stat().st_size > 5000 and ck.exists()
     printed = capsys.readouterr().out
-    assert "test RMSE" in printed and "fit" in printed and "backend reference" in printed
+    assert "test RMSE" in printed and "fit" in printed and f"backend {res['backend']}" in printed
 
     rc = main(["fit", str(data), "--split", "random", "--epochs", "20", "--rank", "4", "--quiet",
                "--val-fraction", "0.1", "--resume", str(ck), "--json", str(out), "--force"])
