@@ -919,8 +919,12 @@ class DLRL(nn.Module):
         self.threads_used = nthreads
         try:
             if state is None and self._want_tune(tune, ctx):
-                epochs = self._tune(obs, epochs, given_fit, dict(lr=lr, betas=betas, weight_decay=weight_decay,
-                                                                  patience=patience), epochs_given="epochs" in given_fit)
+                epochs, tuned_lr = self._tune(obs, epochs, given_fit, dict(lr=lr, betas=betas,
+                                                                           weight_decay=weight_decay,
+                                                                           patience=patience),
+                                              epochs_given="epochs" in given_fit)
+                if tuned_lr is not None:
+                    lr = tuned_lr
             return self._fit_loop(obs, val, epochs, lr, betas, weight_decay, patience, lr_factor, min_lr_ratio,
                                   early_stopping, progress, state, checkpoint, checkpoint_every, callback,
                                   track_schatten, sync_every, ctx)
@@ -983,8 +987,13 @@ class DLRL(nn.Module):
         if epochs_given:
             cfg_dict["epochs"] = epochs
         explicit = set(self.config.explicit) | set(given_fit)
+        extra = {}
+        if hasattr(tuning, "RATINGS_FIT") and "lr" not in given_fit:
+            extra["fit_defaults"] = dict(tuning.RATINGS_FIT)  # the fit settings the search was validated with
+        if hasattr(tuning, "MIN_VAL"):
+            extra["min_val"] = tuning.MIN_VAL  # pooled validation parts on small data
         res = tuning.choose(cfg_dict, obs.rows, obs.cols, obs.values, self.config.shape, explicit=explicit,
-                            seed=self.config.seed)
+                            seed=self.config.seed, **extra)
         overrides = dict(res.get("overrides", {}))
         if overrides:
             self._reconfigure(**overrides)
@@ -992,7 +1001,8 @@ class DLRL(nn.Module):
         fk = res.get("fit_kwargs", {}) or {}
         if "epochs" in fk and not epochs_given:
             epochs = _int_arg(fk["epochs"], "epochs", lo=0)
-        return epochs
+        lr = fk.get("lr") if "lr" not in given_fit else None
+        return epochs, (None if lr is None else _float_arg(lr, "lr", lo=0.0, lo_open=True))
 
     def _resolve_activation(self, pos_frac, neg_frac):
         if self.config.activation != "auto":
