@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("sparse_cpu.c")
-ABI = 3
+ABI = 4
 #: ranks up to this get a build specialised for their d (see sparse_cpu.c); others the generic one
 MAX_SPECIAL_D = 128
 #: below this many entries one thread does everything (thread hand-off costs ~50 µs)

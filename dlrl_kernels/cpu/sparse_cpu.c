@@ -56,12 +56,32 @@
             for (int64_t t = 0; t < d; ++t) o[t] += w * x[t];                                   \
         }                                                                                       \
     }                                                                                           \
-    /* rows sorted (a CSR order) keeps R[i] in cache for a whole row; any order is correct */  \
-    void dlrl_grad_rows_##SUF(int64_t nnz, int64_t m, int64_t d, const int64_t *rows,          \
-                              const int64_t *cols, const T *Vt, const T *e, const T *scale,      \
+    /* R accumulates each run of equal rows[k] in a local array and adds it to R[i] once: with \
+     * rows sorted (the training path's CSR order) every R row is written once; any order is   \
+     * still correct (a row met in several runs gets several additions) */                    \
+    void dlrl_grad_rows_##SUF(int64_t nnz, int64_t m, int64_t d_, const int64_t *rows,         \
+                              const int64_t *cols, const T *Vt, const T *e, const T *scale_p,    \
                               T *R) {                                                            \
+        const int64_t d = DIM(d_);                                                              \
+        const T scale = *scale_p;                                                               \
         memset(R, 0, (size_t)(m * d) * sizeof(T));                                              \
-        axpy_##SUF(nnz, d, rows, cols, Vt, e, scale, R);                                        \
+        if (DLRL_D == 0) {                                                                      \
+            axpy_##SUF(nnz, d, rows, cols, Vt, e, scale_p, R);                                  \
+            return;                                                                             \
+        }                                                                                       \
+        T acc[DLRL_D > 0 ? DLRL_D : 1];                                                         \
+        int64_t k = 0;                                                                          \
+        while (k < nnz) {                                                                       \
+            const int64_t i = rows[k];                                                          \
+            for (int64_t t = 0; t < d; ++t) acc[t] = 0;                                         \
+            for (; k < nnz && rows[k] == i; ++k) {                                              \
+                const T *v = Vt + cols[k] * d;                                                  \
+                const T w = e[k];                                                               \
+                for (int64_t t = 0; t < d; ++t) acc[t] += w * v[t];                             \
+            }                                                                                   \
+            T *r = R + i * d;                                                                   \
+            for (int64_t t = 0; t < d; ++t) r[t] += scale * acc[t];                             \
+        }                                                                                       \
     }                                                                                           \
     void dlrl_grad_cols_##SUF(int64_t nnz, int64_t n, int64_t d, const int64_t *rows,          \
                               const int64_t *cols, const T *U, const T *e, const T *scale,       \
@@ -74,5 +94,5 @@ DLRL_KERNELS(float, f32)
 DLRL_KERNELS(double, f64)
 
 /* the ABI version the loader checks (bump on any signature change), and the d of this build */
-int dlrl_native_abi(void) { return 3; }
+int dlrl_native_abi(void) { return 4; }
 int dlrl_native_dim(void) { return DLRL_D; }
