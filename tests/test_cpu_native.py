@@ -178,3 +178,17 @@ def test_build_failure_is_reported_not_raised(tmp_path, monkeypatch):
     monkeypatch.setenv("DLRL_CACHE_DIR", str(tmp_path / "cache"))
     lib, why = cpu._build()
     assert lib is None and "compiler" in why
+
+
+def test_builds_from_scratch_into_an_empty_cache(tmp_path, monkeypatch):
+    """What a fresh machine does: compile (generic and one specialised build) into an empty
+    cache, load, and reuse the cached file on the next build."""
+    monkeypatch.setenv("DLRL_CACHE_DIR", str(tmp_path / "cache"))
+    for d in (0, 13):
+        lib, why = cpu._build(d)
+        assert lib is not None, why
+        assert lib.dlrl_native_dim() == d
+    files = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    assert len(files) == 2 and all(f.endswith(".so") for f in files), files
+    lib, _ = cpu._build(13)  # cached: no compiler needed now
+    assert lib is not None
