@@ -648,7 +648,7 @@ def _demo_image(a, out, quick):
     kw = _demo_complete_kwargs(a, quick)
     kw.pop("tune", None)
     t0 = time.perf_counter()
-    rec, report = inpaint_image(img, observed, dict(progress=False, seed=a.seed, return_model=True, **kw))
+    rec, report = inpaint_image(img, observed, dict(progress=not a.quiet, seed=a.seed, return_model=True, **kw))
     t_dlrl = time.perf_counter() - t0
     p_dlrl = im.psnr_missing(rec, img, observed)
     _step(bar, f"DLRL {p_dlrl:.2f} dB")
