@@ -507,8 +507,9 @@ def cmd_inpaint(a):
     secs = time.perf_counter() - t0
     psnr = im.psnr_missing(rec, img, observed)
     im.save_image(rec, out)
+    shown = f"mask {Path(a.mask).name}" if a.mask else kind
     im.side_by_side([img, observed_for_display(img, observed), rec],
-                    ["original", f"observed ({kind}; missing in grey)", f"DLRL: {psnr:.2f} dB on missing pixels"], fig)
+                    ["original", f"observed ({shown}; missing in grey)", f"DLRL: {psnr:.2f} dB on missing pixels"], fig)
     print(f"inpaint: {img.shape[0]}×{img.shape[1]}×{img.shape[2]}, {kind}: PSNR over the missing pixels "
           f"{psnr:.2f} dB, {secs:.1f} s; wrote {out} and {fig}")
     return {"psnr_missing": psnr, "seconds": secs, "out": str(out), "figure": str(fig)}

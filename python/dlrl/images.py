@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -160,7 +161,9 @@ def side_by_side(
         )
     ncols = len(images) if ncols is None else max(1, min(int(ncols), len(images)))
     nrows = math.ceil(len(images) / ncols)
-    fig = Figure(figsize=(panel_inches * ncols, panel_inches * nrows + 0.4 * nrows))
+    width = max(12, int(panel_inches * 11))
+    lines = max(len(textwrap.wrap(str(t), width)) or 1 for t in titles)
+    fig = Figure(figsize=(panel_inches * ncols, panel_inches * nrows + (0.25 + 0.2 * lines) * nrows))
     FigureCanvasAgg(fig)
     for k, (img, title) in enumerate(zip(images, titles)):
         ax = fig.add_subplot(nrows, ncols, k + 1)
@@ -169,7 +172,8 @@ def side_by_side(
             ax.imshow(arr, cmap="gray", vmin=0, vmax=255)
         else:
             ax.imshow(arr)
-        ax.set_title(str(title), fontsize=10)
+        # long titles wrap to the panel's width (about 11 characters per inch at this size)
+        ax.set_title(textwrap.fill(str(title), width), fontsize=10)
         ax.axis("off")
     fig.tight_layout()
     from ._io import atomic_write
