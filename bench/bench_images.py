@@ -4,6 +4,8 @@
     python bench/bench_images.py                       # re1-re6, full size (300×300), both masks
     python bench/bench_images.py --size 150            # a reduced size (the mask is resized too)
     python bench/bench_images.py --validation          # also the validation table behind the defaults
+    python bench/bench_images.py --only-validation     # add only that table to the existing --out JSON
+    python bench/bench_images.py --ensemble-check --size 150   # add the ensemble-size check (outer pixels)
     python bench/bench_images.py --quick --out /tmp/i.json --md /tmp/i.md   # a smoke test (seconds)
 
 Data: /work/shared/data/images re1.jpg ... re6.jpg (or ``--images``), each with
@@ -26,7 +28,10 @@ With ``--validation``: the held-back validation RMSE (fold 0, whole pixels, no e
 few settings per image on the random mask -- how INPAINT_DEFAULTS were chosen (truth unused).
 
 Results: ``bench/results/images_cpu.json`` (rows written as they finish, atomically) and the
-markdown fragment ``bench/results/images.md`` generated from it.
+markdown fragment ``bench/results/images.md`` generated from it. The committed JSON came from
+the plain run (rows), ``--ensemble-check --size 150`` (its ``ensemble`` key) and the validation
+table of an ``--only-validation`` run made before them (its ``validation`` key, merged in;
+the code paths it used are unchanged since).
 """
 from __future__ import annotations
 
@@ -243,9 +248,12 @@ def main(argv=None):
         atomic_write_text(a.md, to_markdown(res))
         print(f"wrote {a.out} and {a.md}")
         return 0
-    if a.only_validation:
+    if a.only_validation:  # added to the rows already in --out (if any), which are kept
         a.validation = True
         a.masks = []
+        if Path(a.out).is_file():
+            old = json.loads(Path(a.out).read_text())
+            res = {**old, "validation_machine": res["machine"], "validation_date": res["date"]}
     done = set()
     if a.resume and Path(a.out).is_file():
         old = json.loads(Path(a.out).read_text())
