@@ -55,7 +55,7 @@ TABLE = _dispatch.OpTable(
 )
 
 
-@torch.compiler.assume_constant_result
+@_dispatch.constant_result
 def _backend_name(backend: str, device: str) -> str:
     """TABLE.resolve's backend name, evaluated eagerly (a constant) when torch.compile traces
     the wrapper; the op then fetches the implementation with the cached TABLE.load(name)."""
