@@ -109,8 +109,10 @@ def _model_options(p: argparse.ArgumentParser, images=False):
     t.add_argument("--threads", type=positive_int, default=None,
                    help="CPU threads for training (default: the library's policy)")
     t.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... or auto (cuda when available)")
-    t.add_argument("--backend", choices=["auto", "reference", "triton", "cuda"], default="auto",
-                   help="kernel backend (auto: Triton/CUDA on GPU tensors, pure PyTorch on CPU)")
+    t.add_argument("--backend", choices=["auto", "reference", "triton", "cuda", "cpu"], default="auto",
+                   help="kernel backend (auto: Triton/CUDA on GPU tensors; on CPU the native kernels "
+                        "compiled on first use where an op has one, else pure PyTorch; reference: pure "
+                        "PyTorch everywhere)")
     t.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="training precision")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
 
