@@ -211,5 +211,41 @@ def main(argv=None):
         print(f"wrote {a.json}")
 
 
+def render_md(results_json, before_after_json=None):
+    """The README table (markdown) from a committed ``--json`` run (and, optionally, the
+    interleaved before/after file): generated, never typed by hand."""
+    d = json.loads(Path(results_json).read_text())
+    meta, rows = d["meta"], d["rows"]
+    base = next((r["fit_seconds"] for r in rows if r["system"].startswith("eager")), None)
+    load = meta.get("load_average")
+    out = [f"MovieLens-100K, {meta['data'].split(', ', 1)[-1]}, {meta['epochs']} epochs a fit, {meta['threads']} thread(s), "
+           f"torch {meta['torch']}, {meta['date']}" + (f", load average {load[0]:.1f} at the end" if load else "") +
+           f". Command: `python bench/bench_dlrl.py --threads 1 --repeats 2 --json {Path(results_json).as_posix()}`"
+           " (rows side by side in one process; best of the repeats).", "",
+           "| system | test RMSE | fit time (s) | speed-up vs eager dense |", "|---|---|---|---|"]
+    for r in rows:
+        sp = f"{base / r['fit_seconds']:.1f}×" if base else "—"
+        out.append(f"| {r['system']} | {r['test_rmse']:.4f} | {r['fit_seconds']:.2f} | {sp} |")
+    if before_after_json:
+        ba = json.loads(Path(before_after_json).read_text())
+        out += ["", f"Before/after ({ba['meta']['before']} vs {ba['meta']['after']}; interleaved in the same minutes, "
+                    "best CPU seconds of 2; then beside one core-spinning process):", "",
+                "| system | before (s) | after (s) | speed-up | busy neighbour: before → after (s) |", "|---|---|---|---|---|"]
+        busy = ba.get("busy_neighbour", {}).get("rows", {})
+        for r in ba["rows"]:
+            b = busy.get(r["system"], {})
+            bs = (f"{b['before']['fit_seconds']:.2f} → {b['after']['fit_seconds']:.2f}"
+                  if "before" in b and "after" in b else "—")
+            out.append(f"| {r['system']} | {r['best_cpu_before']:.2f} | {r['best_cpu_after']:.2f} | "
+                       f"{r['speedup']:.2f}× | {bs} |")
+    return "\n".join(out) + "\n"
+
+
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) > 1 and sys.argv[1] == "--render-md":
+        # python bench/bench_dlrl.py --render-md RESULTS.json [BEFORE_AFTER.json] OUT.md
+        args = sys.argv[2:]
+        Path(args[-1]).write_text(render_md(args[0], args[1] if len(args) > 2 else None))
+        print(f"wrote {args[-1]}")
+    else:
+        main()
