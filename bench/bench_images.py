@@ -39,7 +39,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -113,16 +112,9 @@ def soft_impute_path(img, observed, layout, max_iter=100, n_lambdas=20):
 
 
 def machine():
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}
+    from dlrl.cli import machine_info  # the demo's record of the machine (CPU model, cores, load)
+
+    return {**machine_info(), "torch": torch.__version__, "threads": torch.get_num_threads()}
 
 
 def cases(a):

@@ -56,21 +56,15 @@ def constant_result(fn):
     return fn
 
 
-_NATIVE: dict = {}
-
-
 @constant_result
 def native_status() -> tuple:
-    """(available, reason) of the native CPU kernels; built once per process on first call.
-    A constant for torch.compile (evaluated at trace time, not traced)."""
-    if "status" not in _NATIVE:
-        try:
-            from . import cpu
-
-            _NATIVE["status"] = tuple(cpu.status())
-        except Exception as exc:  # pragma: no cover
-            _NATIVE["status"] = (False, f"dlrl_kernels.cpu failed to import ({exc})")
-    return _NATIVE["status"]
+    """(available, reason) of the native CPU kernels (``dlrl_kernels.cpu`` builds and caches on
+    the first call). A constant for torch.compile (evaluated at trace time, not traced)."""
+    try:
+        from . import cpu
+    except Exception as exc:  # pragma: no cover
+        return False, f"dlrl_kernels.cpu failed to import ({exc})"
+    return tuple(cpu.status())
 
 
 def resolve(backend: str, device: torch.device, op: str, triton_ok: bool = True, cuda_ok: bool = False,

@@ -233,11 +233,19 @@ def _rq_op(U: torch.Tensor, Vt: torch.Tensor, rows: torch.Tensor, cols: torch.Te
            backend: str, table: str, crow: Optional[torch.Tensor], ccol: Optional[torch.Tensor],
            col_order: Optional[torch.Tensor], rows_by_col: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """(R, Q) = (E Vᵀ, Eᵀ U) for the sparse E holding e: the chain gradients w.r.t. U and Vt."""
+    return rq(U, Vt, rows, cols, e, 1.0, backend, table, crow, ccol, col_order, rows_by_col)
+
+
+def rq(U, Vt, rows, cols, e, scale, backend, table="masked_residual_sparse", crow=None, ccol=None, col_order=None,
+       rows_by_col=None):
+    """scale·(R, Q) with ``backend``'s primitive; the reference uses the pattern's two CSR SpMMs
+    when one is given. The one body behind the rq op, the loss backward and the model's
+    per-fit preparation. ``scale``: a number, or (native CPU only) a one-element tensor."""
     m, n = U.shape[0], Vt.shape[0]
     if backend == "reference" and crow is not None:
         pat = SimpleNamespace(shape=(m, n), crow=crow, cols=cols, ccol=ccol, col_order=col_order, rows_by_col=rows_by_col)
-        return pattern_rq(pat, U, Vt, e, 1.0)
-    return _TABLES[table].load(backend).sparse_rq(U, Vt, rows, cols, e, 1.0, m, n)
+        return pattern_rq(pat, U, Vt, e, scale)
+    return _TABLES[table].load(backend).sparse_rq(U, Vt, rows, cols, e, scale, m, n)
 
 
 @_rq_op.register_fake
@@ -302,19 +310,19 @@ def _loss_backward(ctx, gJ, ge):
         return None, None, None, None, None, None, None, None, None, None
     if ge is None and ctx.backend == "cpu" and gJ.device.type == "cpu" and not torch.compiler.is_compiling():
         # the native kernel applies the scale, read from gJ's storage (no scalar read-back)
-        R = Q = None
-        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-            R, Q = TABLE_LOSS.load("cpu").sparse_rq(U, Vt, rows, cols, e, gJ, U.shape[0], Vt.shape[0])
-        gvalues = -(e * gJ) if ctx.needs_input_grad[4] else None
-        return R, Q, None, None, gvalues, None, None, None, None, None
+        g, scale = e, gJ
     else:
         g, scale = (ge if gJ is None else e * gJ), 1.0
         if ge is not None and gJ is not None:
             g = g + ge
     R = Q = None
     if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-        R, Q = torch.ops.dlrl.masked_loss_sparse_rq(U, Vt, rows, cols, g.contiguous(), scale, ctx.backend, crow, ccol,
-                                                    col_order, rows_by_col)
+        args = (U, Vt, rows, cols, g.contiguous())
+        pat = (crow, ccol, col_order, rows_by_col)
+        if isinstance(scale, torch.Tensor):  # eager, native: the shared body, scale by pointer
+            R, Q = rq(*args, scale, "cpu", "masked_loss_sparse", *pat)
+        else:
+            R, Q = torch.ops.dlrl.masked_residual_sparse_rq(*args, ctx.backend, "masked_loss_sparse", *pat)
     gvalues = -(g * scale) if ctx.needs_input_grad[4] else None
     return R, Q, None, None, gvalues, None, None, None, None, None
 
@@ -322,23 +330,6 @@ def _loss_backward(ctx, gJ, ge):
 _loss_op.register_autograd(_loss_backward, setup_context=_loss_setup)
 #: the op, or in eager mode its autograd.Function twin (same functions; see ``EagerOp``)
 loss_op = EagerOp(torch.ops.dlrl.masked_loss_sparse, _loss_impl, _loss_setup, _loss_backward)
-
-
-@torch.library.custom_op("dlrl::masked_loss_sparse_rq", mutates_args=())
-def _loss_rq_op(U: torch.Tensor, Vt: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, e: torch.Tensor,
-                scale: float, backend: str, crow: Optional[torch.Tensor], ccol: Optional[torch.Tensor],
-                col_order: Optional[torch.Tensor], rows_by_col: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(R, Q) = scale·(E Vᵀ, Eᵀ U): the loss op's backward (the scale applied inside the kernel)."""
-    m, n = U.shape[0], Vt.shape[0]
-    if backend == "reference" and crow is not None:
-        pat = SimpleNamespace(shape=(m, n), crow=crow, cols=cols, ccol=ccol, col_order=col_order, rows_by_col=rows_by_col)
-        return pattern_rq(pat, U, Vt, e, scale)
-    return TABLE_LOSS.load(backend).sparse_rq(U, Vt, rows, cols, e, scale, m, n)
-
-
-@_loss_rq_op.register_fake
-def _(U, Vt, rows, cols, e, scale, backend, crow, ccol, col_order, rows_by_col):
-    return U.new_empty(U.shape), Vt.new_empty(Vt.shape)
 
 
 # ----------------------------------------------------------------------------- public

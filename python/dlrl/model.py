@@ -489,11 +489,9 @@ class DLRL(nn.Module):
 
         be = _mrs.TABLE.resolve(cfg.backend, e.device, triton_ok=True, cuda_ok=True)[0]
         prefixes = _prefixes(Xs)
-        U, Vt = prefixes[-1], Xs[-1].t().contiguous()
-        if be == "reference":  # the pattern's two CSR SpMMs
-            R, Q = _mrs.pattern_rq(pat, U, Vt, e, 1.0)
-        else:  # the backend's own kernel (native CPU: one pass each, ~5× the CSR SpMMs at 2·10⁶)
-            R, Q = _mrs.TABLE.load(be).sparse_rq(U, Vt, obs.rows, obs.cols, e, 1.0, m, n)
+        # the backend's R, Q (native CPU: one pass each, ~5× the CSR SpMMs at 2·10⁶ entries)
+        R, Q = _mrs.rq(prefixes[-1], Xs[-1].t().contiguous(), obs.rows, obs.cols, e, 1.0, be,
+                       "masked_residual_sparse", pat.crow, pat.ccol, pat.col_order, pat.rows_by_col)
         grads = grads_from_rq(Xs, prefixes, R, Q)
         if ctx is not None:
             ctx.all_reduce_(grads)
