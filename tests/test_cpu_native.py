@@ -78,6 +78,77 @@ def test_native_matches_float64_truth(dtype, m, n, d, nnz, variant):
                                msg=lambda s: f"{s} (seed {seed})")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("m,n,d,nnz", [(1, 1, 1, 1), (7, 5, 3, 40), (13, 11, 8, 200), (9, 40, 33, 300),
+                                       (50, 3, 7, 1000), (3, 2, 200, 30)])
+@pytest.mark.parametrize("variant", ["unsorted", "sorted-int32", "ill"])
+def test_one_pass_loss_grad_matches_float64_truth(dtype, m, n, d, nnz, variant):
+    """sparse_loss_grad (the training loss's forward: e, ½Σe², R, Q in one pass) against a
+    float64 evaluation; d = 200 takes the generic (unspecialised) build."""
+    seed = _seed()
+    U, Vt, rows, cols, values, _ = _case(seed, m, n, d, nnz, dtype, torch.int32 if "int32" in variant else torch.int64,
+                                         sort="sorted" in variant, ill=variant == "ill")
+    res = (U.double()[rows.long()] * Vt.double()[cols.long()]).sum(1) - values.double()
+    _, R, Q = _truth(U, Vt, rows, cols, values, res, 1.0, m, n)
+    J, e, gR, gQ = cpu.sparse_loss_grad(U, Vt, rows, cols, values)
+    assert J.dtype == torch.float64 and e.dtype == gR.dtype == gQ.dtype == dtype, f"seed {seed}"
+    want_J = 0.5 * float(res @ res)
+    assert abs(float(J) - want_J) <= (1e-5 if dtype == torch.float32 else 1e-12) * d * max(want_J, 1.0), \
+        f"J {float(J)} vs {want_J} (seed {seed}, {variant}, {dtype})"
+    for name, a, b in (("e", e, res), ("R", gR, R), ("Q", gQ, Q)):
+        err = float((a.double() - b).abs().max())
+        assert err <= _tol(dtype, b) * d, f"{name}: error {err:.3g} (seed {seed}, {variant}, {dtype}, d={d})"
+
+
+def test_one_pass_two_threads_match_one(monkeypatch):
+    """The split run (second half into its own R, Q, added) equals one thread to rounding: the
+    sums over a row that straddles the split are added in another order."""
+    seed = _seed()
+    m, n, d, nnz = 60, 45, 20, 5000
+    U, Vt, rows, cols, values, _ = _case(seed, m, n, d, nnz, torch.float64, sort=True)
+    one = cpu.sparse_loss_grad(U, Vt, rows, cols, values)
+    monkeypatch.setattr(cpu, "PARALLEL_MIN_NNZ", 10)
+    prev = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        two = cpu.sparse_loss_grad(U, Vt, rows, cols, values)
+    finally:
+        torch.set_num_threads(prev)
+    assert torch.equal(one[1], two[1]), f"seed {seed}"  # e: per entry, bit-equal
+    for a, b in zip((one[0], one[2], one[3]), (two[0], two[2], two[3])):
+        torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-12 * float(a.abs().max()), msg=lambda s: f"{s} (seed {seed})")
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_loss_op_gradcheck_when_the_residual_is_also_used(backend):
+    """The loss op's backward with both outputs used downstream (∂L/∂J from the forward's
+    R, Q, plus ∂L/∂e through another R, Q pass) and with grad off in the forward (recomputed)."""
+    seed = _seed()
+    g = torch.Generator().manual_seed(seed)
+    m, n, d, nnz = 7, 6, 4, 23
+    U = torch.randn(m, d, generator=g, dtype=torch.float64, requires_grad=True)
+    Vt = torch.randn(n, d, generator=g, dtype=torch.float64, requires_grad=True)
+    rows = torch.randint(0, m, (nnz,), generator=g)
+    cols = torch.randint(0, n, (nnz,), generator=g)
+    values = torch.randn(nnz, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(nnz, generator=g, dtype=torch.float64)
+    none4 = (None, None, None, None)
+
+    def f(a, b, v):
+        J, e, _, _ = mrs.loss_op(a, b, rows, cols, v, backend, True, *none4)
+        return 0.3 * J + (w * e).sum()
+
+    assert torch.autograd.gradcheck(f, (U, Vt, values)), f"seed {seed} ({backend})"
+
+    def f_nograd(a, b, v):  # with_grad=False: the backward computes R, Q itself
+        return mrs.loss_op(a, b, rows, cols, v, backend, False, *none4)[0]
+
+    assert torch.autograd.gradcheck(f_nograd, (U, Vt, values)), f"seed {seed} ({backend})"
+    with torch.no_grad():
+        J, e, R, Q = mrs.loss_op(U, Vt, rows, cols, values, backend, mrs.wants_grad(U, Vt), *none4)
+    assert R.shape[0] == 0 and Q.shape[0] == 0, "no_grad: the gradients must not be computed"
+
+
 def test_native_two_threads_match_one(monkeypatch):
     seed = _seed()
     m, n, d, nnz = 60, 45, 20, 5000

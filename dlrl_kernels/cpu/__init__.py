@@ -18,10 +18,13 @@ float32 or float64 of one dtype, all contiguous on the CPU):
 - ``sparse_residual(U, Vt, rows, cols, values)`` → e
 - ``sparse_rq(U, Vt, rows, cols, e, scale, m, n)`` → (R, Q); ``scale`` a number or a one-element
   CPU tensor
+- ``sparse_loss_grad(U, Vt, rows, cols, values)`` → (J, e, R, Q): J = ½Σe² (float64), e and the
+  unscaled R, Q of the same entries in one pass over them (the training loss's forward)
 
 With more than one torch thread and at least ``PARALLEL_MIN_NNZ`` entries the residual is split
 over two threads and R and Q are computed on two threads at once (ctypes releases the GIL;
-R and Q write disjoint memory, so no atomics are needed).
+R and Q write disjoint memory, so no atomics are needed); the one-pass loss splits the entries
+in two halves, the second half into its own zeroed R, Q, which are then added.
 """
 from __future__ import annotations
 
@@ -39,7 +42,7 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("sparse_cpu.c")
-ABI = 4
+ABI = 5
 #: ranks up to this get a build specialised for their d (see sparse_cpu.c); others the generic one
 MAX_SPECIAL_D = 128
 #: below this many entries one thread does everything (thread hand-off costs ~50 µs)
@@ -140,7 +143,8 @@ def _build(d: int = 0) -> tuple[object, str]:
         getattr(so, f"dlrl_residual_{suf}").argtypes = [i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr]
         getattr(so, f"dlrl_grad_rows_{suf}").argtypes = [i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr]
         getattr(so, f"dlrl_grad_cols_{suf}").argtypes = [i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr]
-        for f in ("residual", "grad_rows", "grad_cols"):
+        getattr(so, f"dlrl_loss_grad_{suf}").argtypes = [i64, i64, i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr]
+        for f in ("residual", "grad_rows", "grad_cols", "loss_grad"):
             getattr(so, f"dlrl_{f}_{suf}").restype = None
     return so, ""
 
@@ -237,3 +241,33 @@ def sparse_rq(U, Vt, rows, cols, e, scale, m, n):
         fr(*ra)
         fc(*ca)
     return R, Q
+
+
+def sparse_loss_grad(U, Vt, rows, cols, values):
+    """(J, e, R, Q): J = ½ Σ e² accumulated in float64 (a 0-d float64 tensor), the residual e,
+    R = E·Vt and Q = Eᵀ·U (scale 1), from one pass over the entries."""
+    lib, U, Vt, rows, cols = _prep(U, Vt, rows, cols)
+    values = values.to(U.dtype).contiguous()
+    nnz, d = values.numel(), U.shape[1]
+    m, n = U.shape[0], Vt.shape[0]
+    e = torch.empty_like(values)
+    # R, Q are zeroed by the kernel: torch.zeros would run an OpenMP fill (a spin-wait trap
+    # beside a busy process, measured 2 ms for these two small tensors)
+    R = torch.empty(m, d, dtype=U.dtype)
+    Q = torch.empty(n, d, dtype=U.dtype)
+    J = torch.zeros(2, dtype=torch.float64)
+    if nnz == 0:
+        return J[0], e, R.zero_(), Q.zero_()
+    f = getattr(lib, f"dlrl_loss_grad_{_suffix(U)}")
+    common = (m, n, d, rows.data_ptr(), cols.data_ptr(), U.data_ptr(), Vt.data_ptr(), values.data_ptr(), e.data_ptr())
+    if _two_threads(nnz):
+        R2, Q2 = torch.empty_like(R), torch.empty_like(Q)
+        half = nnz // 2
+        fut = _pool().submit(f, half, nnz, *common, R2.data_ptr(), Q2.data_ptr(), J.data_ptr() + 8)
+        f(0, half, *common, R.data_ptr(), Q.data_ptr(), J.data_ptr())
+        fut.result()
+        R += R2
+        Q += Q2
+        return 0.5 * J.sum(), e, R, Q
+    f(0, nnz, *common, R.data_ptr(), Q.data_ptr(), J.data_ptr())
+    return 0.5 * J[0], e, R, Q

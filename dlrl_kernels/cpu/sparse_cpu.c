@@ -11,6 +11,7 @@
  *   residual:  e[k] = <U[rows[k]], Vt[cols[k]]> - values[k]                 k in [k0, k1)
  *   grad_rows: R[i] = scale * sum_{k: rows[k] = i} e[k] Vt[cols[k]]          (R zeroed here)
  *   grad_cols: Q[j] = scale * sum_{k: cols[k] = j} e[k] U[rows[k]]           (Q zeroed here)
+ *   loss_grad: e, R, Q (scale 1) and sum e^2 in one pass (the training loss's forward)
  *
  * scale is read through a pointer: the training loss's backward passes the incoming gradient
  * tensor's storage, so no scalar ever has to be read back into Python.
@@ -31,6 +32,14 @@
 #endif
 /* the d the loops run with: the constant when this build is specialised, else the argument */
 #define DIM(d) (DLRL_D > 0 ? (int64_t)DLRL_D : (d))
+/* a row accumulator: a fixed-size array in a specialised build, else a C99 VLA of length d */
+#if DLRL_D > 0
+#define ACC_DECL(T) T acc[DLRL_D]
+#define ACC_DECL2(T, name) T name[DLRL_D]
+#else
+#define ACC_DECL(T) T acc[d > 0 ? d : 1]
+#define ACC_DECL2(T, name) T name[d > 0 ? d : 1]
+#endif
 
 #define DLRL_KERNELS(T, SUF)                                                                    \
     void dlrl_residual_##SUF(int64_t k0, int64_t k1, int64_t d_, const int64_t *rows,          \
@@ -88,11 +97,51 @@
                               T *Q) {                                                            \
         memset(Q, 0, (size_t)(n * d) * sizeof(T));                                              \
         axpy_##SUF(nnz, d, cols, rows, U, e, scale, Q);                                         \
+    }                                                                                           \
+    /* The training loss and both chain gradients in ONE pass over entries [k0, k1): while    \
+     * U[i] and Vt[j] are loaded for the residual, e_k Vt[j] is added to the row's accumulator \
+     * and e_k U[i] to Q[j]. Three passes (SDDMM, then R, then Q) read every factor row three   \
+     * times; this reads them once. R (m x d) and Q (n x d) are zeroed here (two threads get   \
+     * separate R, Q and the caller adds them); any entry order is correct, sorted rows make   \
+     * each R row a single write. *J = sum of e_k^2 in double. */                               \
+    void dlrl_loss_grad_##SUF(int64_t k0, int64_t k1, int64_t m, int64_t n, int64_t d_,        \
+                              const int64_t *restrict rows, const int64_t *restrict cols,        \
+                              const T *restrict U, const T *restrict Vt,                         \
+                              const T *restrict values, T *restrict e, T *restrict R,            \
+                              T *restrict Q, double *restrict J) {                               \
+        const int64_t d = DIM(d_);                                                              \
+        memset(R, 0, (size_t)(m * d) * sizeof(T));                                              \
+        memset(Q, 0, (size_t)(n * d) * sizeof(T));                                              \
+        ACC_DECL(T);                                                                            \
+        ACC_DECL2(T, u);                                                                        \
+        double jj = 0.0;                                                                        \
+        int64_t k = k0;                                                                         \
+        while (k < k1) {                                                                        \
+            const int64_t i = rows[k];                                                          \
+            /* the row in a local array: the compiler then knows the Q writes cannot change it */ \
+            for (int64_t t = 0; t < d; ++t) { u[t] = U[i * d + t]; acc[t] = 0; }                \
+            for (; k < k1 && rows[k] == i; ++k) {                                               \
+                const T *restrict v = Vt + cols[k] * d;                                         \
+                T *restrict q = Q + cols[k] * d;                                                \
+                T s = 0;                                                                        \
+                for (int64_t t = 0; t < d; ++t) s += u[t] * v[t];                               \
+                const T ek = s - values[k];                                                     \
+                e[k] = ek;                                                                      \
+                jj += (double)ek * (double)ek;                                                  \
+                for (int64_t t = 0; t < d; ++t) {                                               \
+                    acc[t] += ek * v[t];                                                        \
+                    q[t] += ek * u[t];                                                          \
+                }                                                                               \
+            }                                                                                   \
+            T *r = R + i * d;                                                                   \
+            for (int64_t t = 0; t < d; ++t) r[t] += acc[t];                                     \
+        }                                                                                       \
+        *J = jj;                                                                                \
     }
 
 DLRL_KERNELS(float, f32)
 DLRL_KERNELS(double, f64)
 
 /* the ABI version the loader checks (bump on any signature change), and the d of this build */
-int dlrl_native_abi(void) { return 4; }
+int dlrl_native_abi(void) { return 5; }
 int dlrl_native_dim(void) { return DLRL_D; }

@@ -277,59 +277,89 @@ residual_op = EagerOp(torch.ops.dlrl.masked_residual_sparse, _residual_impl, _se
 
 
 # ----------------------------------------------------------------------------- the loss op
-def _loss_impl(U: torch.Tensor, Vt: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor,
-             backend: str, crow: Optional[torch.Tensor], ccol: Optional[torch.Tensor],
-             col_order: Optional[torch.Tensor], rows_by_col: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(J, e): J = ½ Σ e² accumulated in float64 (returned in e's dtype) and the residual e.
+def loss_grad(U, Vt, rows, cols, values, backend, crow=None, ccol=None, col_order=None, rows_by_col=None):
+    """(J, e, R, Q): J = ½Σe² (float64 accumulation, in e's dtype), e, and the unscaled chain
+    gradients (R, Q) = (E·Vt, Eᵀ·U) — the native CPU kernel does all four in one pass over the
+    entries; other backends run their residual and then their R, Q (the same body as ``rq``)."""
+    if backend == "cpu" and U.device.type == "cpu":
+        from .. import cpu
 
-    One op for the training loss so that its backward folds the loss's scale into the two
-    SpMMs: (R, Q) = ∂J/∂(U, Vt) with scale ∂L/∂J and no nnz-long elementwise passes."""
+        J, e, R, Q = cpu.sparse_loss_grad(U, Vt, rows, cols, values)
+        return J.to(e.dtype), e, R, Q
+    e = _residual_impl(U, Vt, rows, cols, values, backend, "masked_loss_sparse", crow, ccol, col_order, rows_by_col)
+    R, Q = rq(U, Vt, rows, cols, e, 1.0, backend, "masked_loss_sparse", crow, ccol, col_order, rows_by_col)
+    e64 = e.double()
+    return (0.5 * torch.dot(e64, e64)).to(e.dtype), e, R, Q
+
+
+def _loss_impl(U: torch.Tensor, Vt: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor,
+               backend: str, with_grad: bool, crow: Optional[torch.Tensor], ccol: Optional[torch.Tensor],
+               col_order: Optional[torch.Tensor],
+               rows_by_col: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(J, e, R, Q): J = ½ Σ e² accumulated in float64 (returned in e's dtype), the residual e,
+    and — when ``with_grad`` — R = E·Vt, Q = Eᵀ·U, the loss's gradients w.r.t. U and Vt for a
+    unit incoming gradient (else two 0-row tensors).
+
+    One op for the training loss: the forward computes the gradients while the factor rows are
+    loaded anyway (one pass over the entries on the native CPU backend instead of three), and
+    the backward only scales them by ∂L/∂J. Callers pass ``with_grad`` = "a backward will
+    follow" (grad mode on and U or Vt requiring grad); a backward without them recomputes."""
+    if with_grad:
+        return loss_grad(U, Vt, rows, cols, values, backend, crow, ccol, col_order, rows_by_col)
     e = _residual_impl(U, Vt, rows, cols, values, backend, "masked_loss_sparse", crow, ccol, col_order, rows_by_col)
     e64 = e.double()
-    return (0.5 * torch.dot(e64, e64)).to(e.dtype), e
+    return (0.5 * torch.dot(e64, e64)).to(e.dtype), e, U.new_empty(0, U.shape[1]), Vt.new_empty(0, Vt.shape[1])
 
 
 _loss_op = torch.library.custom_op("dlrl::masked_loss_sparse", _loss_impl, mutates_args=())
 
 
 @_loss_op.register_fake
-def _(U, Vt, rows, cols, values, backend, crow, ccol, col_order, rows_by_col):
-    return values.new_empty(()), values.new_empty(values.shape)
+def _(U, Vt, rows, cols, values, backend, with_grad, crow, ccol, col_order, rows_by_col):
+    m, n = (U.shape[0], Vt.shape[0]) if with_grad else (0, 0)
+    return values.new_empty(()), values.new_empty(values.shape), U.new_empty(m, U.shape[1]), Vt.new_empty(n, Vt.shape[1])
 
 
 def _loss_setup(ctx, inputs, output):
-    U, Vt, rows, cols, values, backend, crow, ccol, col_order, rows_by_col = inputs
+    U, Vt, rows, cols, values, backend, with_grad, crow, ccol, col_order, rows_by_col = inputs
     ctx.backend = backend
-    ctx.save_for_backward(U, Vt, rows, cols, crow, ccol, col_order, rows_by_col, output[1])
+    ctx.save_for_backward(U, Vt, rows, cols, crow, ccol, col_order, rows_by_col, *output[1:])
 
 
-def _loss_backward(ctx, gJ, ge):
-    U, Vt, rows, cols, crow, ccol, col_order, rows_by_col, e = ctx.saved_tensors
-    # ∂L/∂e = gJ·e (+ ge when the residual itself was used downstream)
+def _loss_backward(ctx, gJ, ge, gR=None, gQ=None):
+    U, Vt, rows, cols, crow, ccol, col_order, rows_by_col, e, R1, Q1 = ctx.saved_tensors
+    # ∂L/∂e = gJ·e (+ ge when the residual itself was used downstream); R, Q are outputs with no
+    # gradient of their own (they are the gradient), so gR / gQ are ignored
+    none = (None,) * 11
     if gJ is None and ge is None:
-        return None, None, None, None, None, None, None, None, None, None
-    if ge is None and ctx.backend == "cpu" and gJ.device.type == "cpu" and not torch.compiler.is_compiling():
-        # the native kernel applies the scale, read from gJ's storage (no scalar read-back)
-        g, scale = e, gJ
-    else:
-        g, scale = (ge if gJ is None else e * gJ), 1.0
-        if ge is not None and gJ is not None:
-            g = g + ge
+        return none
     R = Q = None
+    pat = (crow, ccol, col_order, rows_by_col)
     if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-        args = (U, Vt, rows, cols, g.contiguous())
-        pat = (crow, ccol, col_order, rows_by_col)
-        if isinstance(scale, torch.Tensor):  # eager, native: the shared body, scale by pointer
-            R, Q = rq(*args, scale, "cpu", "masked_loss_sparse", *pat)
+        if gJ is not None and R1.shape[0] == U.shape[0] and Q1.shape[0] == Vt.shape[0]:
+            R, Q = R1 * gJ, Q1 * gJ  # computed in the forward for a unit gradient
+            if ge is not None:
+                R2, Q2 = torch.ops.dlrl.masked_residual_sparse_rq(U, Vt, rows, cols, ge.contiguous(), ctx.backend,
+                                                                  "masked_loss_sparse", *pat)
+                R, Q = R + R2, Q + Q2
         else:
-            R, Q = torch.ops.dlrl.masked_residual_sparse_rq(*args, ctx.backend, "masked_loss_sparse", *pat)
-    gvalues = -(g * scale) if ctx.needs_input_grad[4] else None
-    return R, Q, None, None, gvalues, None, None, None, None, None
+            g = ge if gJ is None else (e * gJ if ge is None else e * gJ + ge)
+            R, Q = torch.ops.dlrl.masked_residual_sparse_rq(U, Vt, rows, cols, g.contiguous(), ctx.backend,
+                                                            "masked_loss_sparse", *pat)
+    gvalues = None
+    if ctx.needs_input_grad[4]:
+        gvalues = -(ge if gJ is None else (e * gJ if ge is None else e * gJ + ge))
+    return R, Q, None, None, gvalues, None, None, None, None, None, None
 
 
 _loss_op.register_autograd(_loss_backward, setup_context=_loss_setup)
 #: the op, or in eager mode its autograd.Function twin (same functions; see ``EagerOp``)
 loss_op = EagerOp(torch.ops.dlrl.masked_loss_sparse, _loss_impl, _loss_setup, _loss_backward)
+
+
+def wants_grad(*tensors):
+    """``with_grad`` for the loss op: a backward can follow (grad mode on, an input requires grad)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 # ----------------------------------------------------------------------------- public
@@ -386,5 +416,6 @@ def masked_loss_sparse(factors, rows, cols, values, backend: str = "auto", patte
         e = _residual(factors, rows, cols, values, be, "masked_loss_sparse", pattern)
         return 0.5 * torch.dot(e, e)
     U, V = outer_factors(factors)
+    Vt = V.t().contiguous()
     p = (None, None, None, None) if pattern is None else (pattern.crow, pattern.ccol, pattern.col_order, pattern.rows_by_col)
-    return loss_op(U, V.t().contiguous(), rows, cols, values, be, *p)[0]
+    return loss_op(U, Vt, rows, cols, values, be, wants_grad(U, Vt), *p)[0]

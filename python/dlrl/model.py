@@ -665,7 +665,7 @@ class DLRL(nn.Module):
         pat = obs.pattern
         if not cfg.bias and obs.X is not None and cfg.dense:
             J = dk.masked_loss(outs, obs.X, backend=cfg.backend)
-        elif pat is not None and len(outs) > 1 and _raw_op("masked_loss_sparse", 10):
+        elif pat is not None and len(outs) > 1 and _raw_op("masked_loss_sparse", 11):
             # the registered loss op on (U, Vᵀ) directly: one SDDMM forward, two SpMMs with the
             # loss's scale folded in backward (inside a fit the observations were validated
             # once, so the public wrapper's per-call NaN scans — host syncs — are skipped)
@@ -673,8 +673,8 @@ class DLRL(nn.Module):
 
             be = _mrs.TABLE_LOSS.resolve(cfg.backend, obs.values.device, triton_ok=True, cuda_ok=True)[0]
             U, Vt = self._outer(outs)
-            J = _mrs.loss_op(U, Vt, obs.rows, obs.cols, obs.values, be, pat.crow, pat.ccol, pat.col_order,
-                             pat.rows_by_col)[0]
+            J = _mrs.loss_op(U, Vt, obs.rows, obs.cols, obs.values, be, _mrs.wants_grad(U, Vt), pat.crow, pat.ccol,
+                             pat.col_order, pat.rows_by_col)[0]
         elif not cfg.bias:
             e = self._sparse_residual(outs, obs, "masked_loss_sparse")
             J = 0.5 * torch.dot(e, e)
