@@ -214,7 +214,9 @@ class EagerOp:
     Why: in eager mode torch.library's custom-op dispatch (schema parsing of the call, the
     Python kernel trampoline and its generated autograd node) measured 0.3–0.6 ms per
     forward+backward on this 2-core CPU — more than the sparse kernels themselves at
-    ML-100K's size — and a DLRL epoch calls three such ops. The autograd.Function does no
+    ML-100K's size — and a DLRL epoch calls three such ops. And the first call of any custom
+    op imports ``torch._dynamo`` (torch wraps the kernels in ``_disable_dynamo``): ~2 s added
+    to every short process; eager code that only goes through these twins never imports it. The autograd.Function does no
     more than the op's own functions, so the two routes give bit-identical results
     (``tests/test_eager_ops.py``).
 
@@ -244,3 +246,20 @@ class EagerOp:
         if torch.compiler.is_compiling():
             return self.op(*args)
         return self.function.apply(*args)
+
+
+class PlainOp:
+    """A ``torch.library`` custom op without an autograd formula of its own (the ops called
+    inside another op's backward) and its Python function: the op while ``torch.compile``
+    traces, the function in eager mode — where calling the registered op would only add
+    torch.library's dispatch cost and, on its first call, an import of ``torch._dynamo``
+    (torch wraps every custom-op kernel in ``_disable_dynamo``: ~2 s on this machine, paid by
+    every short ``dlrl fit`` process)."""
+
+    def __init__(self, op, fn):
+        self.op, self.fn = op, fn
+
+    def __call__(self, *args):
+        if torch.compiler.is_compiling():
+            return self.op(*args)
+        return self.fn(*args)

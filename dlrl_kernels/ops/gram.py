@@ -57,10 +57,12 @@ def _backend_name(backend: str, device: str) -> str:
     return TABLE.resolve(backend, torch.device(device))[0]
 
 
-@torch.library.custom_op("dlrl::gram", mutates_args=())
-def _gram_op(Y: Tensor, backend: str) -> Tensor:
+def _gram_impl(Y: Tensor, backend: str) -> Tensor:
     G = TABLE.load(backend).gram(Y)
     return G if G.data_ptr() != Y.data_ptr() else G.clone()
+
+
+_gram_op = torch.library.custom_op("dlrl::gram", _gram_impl, mutates_args=())
 
 
 @_gram_op.register_fake
@@ -78,6 +80,8 @@ def _backward(ctx, g):
 
 
 _gram_op.register_autograd(_backward, setup_context=_setup)
+#: the op, or in eager mode its autograd.Function twin (``_dispatch.EagerOp``)
+gram_op = _dispatch.EagerOp(torch.ops.dlrl.gram, _gram_impl, _setup, _backward)
 
 
 def gram(Y, backend: str = "auto"):
@@ -85,4 +89,4 @@ def gram(Y, backend: str = "auto"):
     if not torch.compiler.is_compiling():
         check_float_tensor(Y, "Y", ndim_min=2)
     name = _backend_name(backend, str(Y.device))
-    return torch.ops.dlrl.gram(Y, name)
+    return gram_op(Y, name)

@@ -31,7 +31,7 @@ from typing import Optional
 
 import torch
 
-from .._dispatch import OpTable
+from .._dispatch import EagerOp, OpTable, PlainOp
 from .._validate import check_dense_target, check_factors
 from .chain import outer_factors
 
@@ -75,12 +75,14 @@ _TABLES = {"masked_residual": TABLE, "masked_loss": TABLE_LOSS}
 
 
 # ----------------------------------------------------------------------------- torch.library
-@torch.library.custom_op("dlrl::masked_loss", mutates_args=())
-def _loss_op(U: torch.Tensor, V: torch.Tensor, X: torch.Tensor, mask: Optional[torch.Tensor], backend: str,
+def _loss_impl(U: torch.Tensor, V: torch.Tensor, X: torch.Tensor, mask: Optional[torch.Tensor], backend: str,
              keep_E: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(½‖mask ⊙ (U V − X)‖², E if keep_E else an empty tensor)."""
     loss, E = TABLE_LOSS.load(backend).dense_residual_loss(U, V, X, mask, keep_E)
     return loss, (E if keep_E else X.new_empty((0,)))
+
+
+_loss_op = torch.library.custom_op("dlrl::masked_loss", _loss_impl, mutates_args=())
 
 
 @_loss_op.register_fake
@@ -88,13 +90,16 @@ def _(U, V, X, mask, backend, keep_E):
     return X.new_empty(()), (X.new_empty(X.shape) if keep_E else X.new_empty((0,)))
 
 
-@torch.library.custom_op("dlrl::masked_residual_rq", mutates_args=())
-def _rq_op(U: torch.Tensor, V: torch.Tensor, X: torch.Tensor, mask: Optional[torch.Tensor], E: Optional[torch.Tensor],
+def _rq_impl(U: torch.Tensor, V: torch.Tensor, X: torch.Tensor, mask: Optional[torch.Tensor], E: Optional[torch.Tensor],
            g: torch.Tensor, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(R, Q) = (g·E Vᵀ, g·Eᵀ U); E recomputed by the kernel, or the reference's saved one."""
     if backend == "reference":
         return reference_residual_rq(U, V, X, mask, g, E)
     return TABLE_LOSS.load(backend).dense_residual_rq(U, V, X, mask, g)
+
+
+_rq_op = torch.library.custom_op("dlrl::masked_residual_rq", _rq_impl, mutates_args=())
+rq_op = PlainOp(torch.ops.dlrl.masked_residual_rq, _rq_impl)
 
 
 @_rq_op.register_fake
@@ -112,23 +117,28 @@ def _loss_backward(ctx, g, _gE):
     U, V, X, mask, E = ctx.saved_tensors
     gU = gV = gX = None
     if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-        R, Q = torch.ops.dlrl.masked_residual_rq(U, V, X, mask, E, g.reshape(1), ctx.backend)
+        R, Q = rq_op(U, V, X, mask, E, g.reshape(1), ctx.backend)
         gU, gV = R, Q.t()
     if ctx.needs_input_grad[2]:
         if E is None:
-            E = torch.ops.dlrl.masked_residual(U, V, X, mask, ctx.backend)
+            E = _residual_impl(U, V, X, mask, ctx.backend) if not torch.compiler.is_compiling() else \
+                torch.ops.dlrl.masked_residual(U, V, X, mask, ctx.backend)
         gX = -g * E
     return gU, gV, gX, None, None, None
 
 
 _loss_op.register_autograd(_loss_backward, setup_context=_loss_setup)
+#: the op, or in eager mode its autograd.Function twin (``_dispatch.EagerOp``)
+loss_op = EagerOp(torch.ops.dlrl.masked_loss, _loss_impl, _loss_setup, _loss_backward)
 
 
-@torch.library.custom_op("dlrl::masked_residual", mutates_args=())
-def _residual_op(U: torch.Tensor, V: torch.Tensor, X: torch.Tensor, mask: Optional[torch.Tensor],
+def _residual_impl(U: torch.Tensor, V: torch.Tensor, X: torch.Tensor, mask: Optional[torch.Tensor],
                  backend: str) -> torch.Tensor:
     """E = mask ⊙ (U V − X) (0 where unobserved)."""
     return TABLE.load(backend).dense_residual_loss(U, V, X, mask, True)[1]
+
+
+_residual_op = torch.library.custom_op("dlrl::masked_residual", _residual_impl, mutates_args=())
 
 
 @_residual_op.register_fake
@@ -151,6 +161,8 @@ def _residual_backward(ctx, gE):
 
 
 _residual_op.register_autograd(_residual_backward, setup_context=_residual_setup)
+#: the op, or in eager mode its autograd.Function twin (``_dispatch.EagerOp``)
+residual_op = EagerOp(torch.ops.dlrl.masked_residual, _residual_impl, _residual_setup, _residual_backward)
 
 
 # ----------------------------------------------------------------------------- public
@@ -187,7 +199,7 @@ def masked_residual(factors, X, mask=None, backend: str = "auto"):
     if len(factors) == 1:
         return reference_residual(None, factors[0], X, mask)
     U, V = outer_factors(factors)
-    return torch.ops.dlrl.masked_residual(U, V, X, mask, be)
+    return residual_op(U, V, X, mask, be)
 
 
 def masked_loss(factors, X, mask=None, backend: str = "auto"):
@@ -198,4 +210,4 @@ def masked_loss(factors, X, mask=None, backend: str = "auto"):
         return 0.5 * (E * E).sum()
     U, V = outer_factors(factors)
     # the reference keeps E (m×n anyway) for the backward; the fused kernel recomputes it
-    return torch.ops.dlrl.masked_loss(U, V, X, mask, be, be == "reference")[0]
+    return loss_op(U, V, X, mask, be, be == "reference")[0]

@@ -40,7 +40,7 @@ import torch
 from types import SimpleNamespace
 from typing import Optional
 
-from .._dispatch import EagerOp, OpTable
+from .._dispatch import EagerOp, OpTable, PlainOp
 
 # CSR tensors are used internally with indices built here; torch's "beta" notice says nothing
 # to our users.
@@ -228,12 +228,16 @@ def _(U, Vt, rows, cols, values, backend, table, crow, ccol, col_order, rows_by_
     return values.new_empty(values.shape)
 
 
-@torch.library.custom_op("dlrl::masked_residual_sparse_rq", mutates_args=())
-def _rq_op(U: torch.Tensor, Vt: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, e: torch.Tensor,
+def _rq_impl(U: torch.Tensor, Vt: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, e: torch.Tensor,
            backend: str, table: str, crow: Optional[torch.Tensor], ccol: Optional[torch.Tensor],
            col_order: Optional[torch.Tensor], rows_by_col: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """(R, Q) = (E Vᵀ, Eᵀ U) for the sparse E holding e: the chain gradients w.r.t. U and Vt."""
     return rq(U, Vt, rows, cols, e, 1.0, backend, table, crow, ccol, col_order, rows_by_col)
+
+
+_rq_op = torch.library.custom_op("dlrl::masked_residual_sparse_rq", _rq_impl, mutates_args=())
+#: the op while compiling, its function in eager mode
+rq_op = PlainOp(torch.ops.dlrl.masked_residual_sparse_rq, _rq_impl)
 
 
 def rq(U, Vt, rows, cols, e, scale, backend, table="masked_residual_sparse", crow=None, ccol=None, col_order=None,
@@ -265,7 +269,7 @@ def _backward(ctx, ge):
     if ge is None:  # an undefined output gradient (eager route: grads are not materialised)
         return R, Q, None, None, None, None, None, None, None, None, None
     if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-        R, Q = torch.ops.dlrl.masked_residual_sparse_rq(U, Vt, rows, cols, ge.contiguous(), ctx.backend, ctx.table,
+        R, Q = rq_op(U, Vt, rows, cols, ge.contiguous(), ctx.backend, ctx.table,
                                                         crow, ccol, col_order, rows_by_col)
     gvalues = -ge if ctx.needs_input_grad[4] else None
     return R, Q, None, None, gvalues, None, None, None, None, None, None
@@ -339,12 +343,12 @@ def _loss_backward(ctx, gJ, ge, gR=None, gQ=None):
         if gJ is not None and R1.shape[0] == U.shape[0] and Q1.shape[0] == Vt.shape[0]:
             R, Q = R1 * gJ, Q1 * gJ  # computed in the forward for a unit gradient
             if ge is not None:
-                R2, Q2 = torch.ops.dlrl.masked_residual_sparse_rq(U, Vt, rows, cols, ge.contiguous(), ctx.backend,
+                R2, Q2 = rq_op(U, Vt, rows, cols, ge.contiguous(), ctx.backend,
                                                                   "masked_loss_sparse", *pat)
                 R, Q = R + R2, Q + Q2
         else:
             g = ge if gJ is None else (e * gJ if ge is None else e * gJ + ge)
-            R, Q = torch.ops.dlrl.masked_residual_sparse_rq(U, Vt, rows, cols, g.contiguous(), ctx.backend,
+            R, Q = rq_op(U, Vt, rows, cols, g.contiguous(), ctx.backend,
                                                             "masked_loss_sparse", *pat)
     gvalues = None
     if ctx.needs_input_grad[4]:

@@ -173,8 +173,7 @@ def _eigh_backward(C, S, lam, Q, a, rtol):
 
 
 # ----------------------------------------------------------------------------- torch.library
-@torch.library.custom_op("dlrl::spd_power", mutates_args=())
-def _spd_power_op(
+def _spd_power_impl(
     S: Tensor, a: float, method: str, rtol: Optional[float], iters: Optional[int], check: bool, backend: str
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """(S^a, λ, Q): λ, Q the eigen-decomposition of S/max|S| on the eigh route (for the
@@ -186,6 +185,9 @@ def _spd_power_op(
     return out, empty, empty.clone()
 
 
+_spd_power_op = torch.library.custom_op("dlrl::spd_power", _spd_power_impl, mutates_args=())
+
+
 @_spd_power_op.register_fake
 def _(S, a, method, rtol, iters, check, backend):
     if method == "eigh":
@@ -193,14 +195,17 @@ def _(S, a, method, rtol, iters, check, backend):
     return S.new_empty(S.shape), S.new_empty(0), S.new_empty(0)
 
 
-@torch.library.custom_op("dlrl::spd_power_backward", mutates_args=())
-def _spd_power_backward_op(
+def _spd_power_backward_impl(
     C: Tensor, S: Tensor, lam: Tensor, Q: Tensor, a: float, method: str, rtol: Optional[float],
     iters: Optional[int], backend: str,
 ) -> Tensor:
     if method == "eigh":
         return _eigh_backward(C, S, lam, Q, a, rtol)
     return TABLE.load(backend).newton_power_backward(S, a, C, iters, rtol)
+
+
+_spd_power_backward_op = torch.library.custom_op("dlrl::spd_power_backward", _spd_power_backward_impl, mutates_args=())
+spd_power_backward_op = _dispatch.PlainOp(torch.ops.dlrl.spd_power_backward, _spd_power_backward_impl)
 
 
 @_spd_power_backward_op.register_fake
@@ -218,11 +223,13 @@ def _setup(ctx, inputs, output):
 def _backward(ctx, g_out, g_lam, g_Q):
     S, lam, Q = ctx.saved_tensors
     a, method, rtol, iters, backend = ctx.args
-    g = torch.ops.dlrl.spd_power_backward(g_out, S, lam, Q, a, method, rtol, iters, backend)
+    g = spd_power_backward_op(g_out, S, lam, Q, a, method, rtol, iters, backend)
     return g, None, None, None, None, None, None
 
 
 _spd_power_op.register_autograd(_backward, setup_context=_setup)
+#: the op, or in eager mode its autograd.Function twin (``_dispatch.EagerOp``)
+spd_power_op = _dispatch.EagerOp(torch.ops.dlrl.spd_power, _spd_power_impl, _setup, _backward)
 
 
 # ----------------------------------------------------------------------------- public
@@ -302,4 +309,4 @@ def spd_power(S, a, method: str = "auto", rtol=None, iters=None, backend: str = 
             check_finite(S, "S")
     name = _backend_name(backend, str(S.device))
     method = resolve_method(method, float(a), S.device, name)
-    return torch.ops.dlrl.spd_power(S, float(a), method, rtol, iters, bool(check), name)[0]
+    return spd_power_op(S, float(a), method, rtol, iters, bool(check), name)[0]

@@ -62,8 +62,7 @@ def _backend_name(backend: str, device: str) -> str:
     return TABLE.resolve(backend, torch.device(device))[0]
 
 
-@torch.library.custom_op("dlrl::spectral_norm_sq", mutates_args=())
-def _spectral_op(A: Tensor, method: str, iters: int, tol: Optional[float], backend: str) -> Tuple[Tensor, Tensor]:
+def _spectral_impl(A: Tensor, method: str, iters: int, tol: Optional[float], backend: str) -> Tuple[Tensor, Tensor]:
     """(σ_max², v): v the unit top eigenvector of the small Gram (for the backward)."""
     impl = TABLE.load(backend)
     S = small_gram(A, impl.gram)
@@ -71,6 +70,9 @@ def _spectral_op(A: Tensor, method: str, iters: int, tol: Optional[float], backe
         lam, Q = torch.linalg.eigh(0.5 * (S + S.transpose(-1, -2)))
         return lam[..., -1].contiguous(), Q[..., -1].contiguous()
     return impl.power_iteration(S, iters, tol)
+
+
+_spectral_op = torch.library.custom_op("dlrl::spectral_norm_sq", _spectral_impl, mutates_args=())
 
 
 @_spectral_op.register_fake
@@ -92,6 +94,8 @@ def _backward(ctx, g, g_v):
 
 
 _spectral_op.register_autograd(_backward, setup_context=_setup)
+#: the op, or in eager mode its autograd.Function twin (``_dispatch.EagerOp``)
+spectral_op = _dispatch.EagerOp(torch.ops.dlrl.spectral_norm_sq, _spectral_impl, _setup, _backward)
 
 
 def spectral_norm_sq(A, method: str = "auto", iters: int = 30, backend: str = "auto", tol=None):
@@ -112,4 +116,4 @@ def spectral_norm_sq(A, method: str = "auto", iters: int = 30, backend: str = "a
     name = _backend_name(backend, str(A.device))
     if method == "auto":
         method = "power" if (A.device.type == "cuda" or name == "triton") else "eigh"
-    return torch.ops.dlrl.spectral_norm_sq(A, method, int(iters), None if tol is None else float(tol), name)[0]
+    return spectral_op(A, method, int(iters), None if tol is None else float(tol), name)[0]

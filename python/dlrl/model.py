@@ -1091,9 +1091,14 @@ class DLRL(nn.Module):
                 self._match_scale(obs, ctx)
 
         params = [p for p in self.parameters() if p.requires_grad]
-        fused = dev.type in ("cpu", "cuda")
-        opt = torch.optim.Adam(params, lr=torch.tensor(lr, dtype=torch.float64, device=dev) if fused else lr,
-                               betas=betas, weight_decay=weight_decay, fused=fused or None)
+        from .optim import FusedAdam, fused_supported
+
+        fused = fused_supported(dev)
+        if fused:  # torch's fused Adam kernel without torch.optim (see dlrl.optim: no dynamo import)
+            opt = FusedAdam(params, lr=torch.tensor(lr, dtype=torch.float64, device=dev), betas=betas,
+                            weight_decay=weight_decay)
+        else:
+            opt = torch.optim.Adam(params, lr=lr, betas=betas, weight_decay=weight_decay)
         sched = _Plateau(lr, lr_factor, patience, min_lr_ratio * lr, dev)
         if state is not None and state.get("optimizer") is not None:
             opt.load_state_dict(state["optimizer"])

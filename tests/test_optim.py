@@ -1,0 +1,104 @@
+"""dlrl.optim.FusedAdam against torch.optim.Adam(fused=True): the same kernel, so bit-equal
+updates, and state_dicts that load into each other (checkpoints stay resumable by either)."""
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from dlrl.optim import FusedAdam
+
+
+def _seed():
+    return int.from_bytes(os.urandom(4), "little")
+
+
+def _params(seed, dtype):
+    g = torch.Generator().manual_seed(seed)
+    shapes = [(7, 3), (3, 3), (3, 11), (), (7,)]
+    return [torch.randn(s, generator=g, dtype=dtype).requires_grad_() for s in shapes], g
+
+
+def _grads(ps, g, skip=None):
+    for i, p in enumerate(ps):
+        p.grad = None if i == skip else torch.randn(p.shape, generator=g, dtype=p.dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_bit_equal_to_torch_fused_adam(dtype):
+    seed = _seed()
+    ours, g1 = _params(seed, dtype)
+    theirs, g2 = _params(seed, dtype)
+    lr1 = torch.tensor(0.01, dtype=torch.float64)
+    lr2 = torch.tensor(0.01, dtype=torch.float64)
+    a = FusedAdam(ours, lr=lr1, betas=(0.9, 0.92), weight_decay=0.15)
+    b = torch.optim.Adam(theirs, lr=lr2, betas=(0.9, 0.92), weight_decay=0.15, fused=True)
+    for step in range(12):
+        _grads(ours, g1, skip=3 if step < 2 else None)  # a param without a gradient is left alone
+        _grads(theirs, g2, skip=3 if step < 2 else None)
+        a.step()
+        b.step()
+        if step == 6:  # the caller lowers the lr in place (the plateau schedule)
+            lr1.mul_(0.1)
+            lr2.mul_(0.1)
+        for p, q in zip(ours, theirs):
+            assert torch.equal(p, q), f"step {step}: differs from torch.optim.Adam (seed {seed})"
+    a.zero_grad()
+    assert all(p.grad is None for p in ours)
+
+
+def test_state_dicts_load_both_ways():
+    seed = _seed()
+    ours, g = _params(seed, torch.float32)
+    a = FusedAdam(ours, lr=torch.tensor(0.02, dtype=torch.float64), betas=(0.8, 0.9), weight_decay=0.1)
+    for _ in range(3):
+        _grads(ours, g)
+        a.step()
+    sd = copy.deepcopy(a.state_dict())  # as a checkpoint round trip (state_dicts share tensors)
+    # into torch's optimiser, then one more step on both: the same parameters
+    twin = [p.detach().clone().requires_grad_() for p in ours]
+    b = torch.optim.Adam(twin, lr=torch.tensor(0.5, dtype=torch.float64), fused=True)
+    b.load_state_dict(sd)
+    assert float(b.param_groups[0]["lr"]) == pytest.approx(0.02) and b.param_groups[0]["betas"] == (0.8, 0.9)
+    g2 = torch.Generator().manual_seed(seed + 1)
+    _grads(ours, g2)
+    g2 = torch.Generator().manual_seed(seed + 1)
+    _grads(twin, g2)
+    a.step()
+    b.step()
+    for p, q in zip(ours, twin):
+        assert torch.equal(p, q), f"seed {seed}"
+    # and torch's state_dict back into ours
+    c = FusedAdam([p.detach().clone().requires_grad_() for p in twin], lr=1.0)
+    c.load_state_dict(copy.deepcopy(b.state_dict()))
+    assert float(c.lr) == pytest.approx(0.02) and c.param_groups[0]["weight_decay"] == 0.1
+    for p in c.param_groups[0]["params"]:
+        assert int(c.state[p]["step"]) == 4
+
+
+def test_wrong_state_is_refused():
+    ps, _ = _params(0, torch.float32)
+    a = FusedAdam(ps, lr=0.01)
+    with pytest.raises(ValueError, match="parameters per group"):
+        a.load_state_dict({"state": {}, "param_groups": [{"params": [0, 1]}]})
+
+
+def test_a_fit_never_imports_dynamo(tmp_path):
+    """A short fit in a fresh process must not import torch._dynamo (~2 s of a `dlrl fit`):
+    neither the optimiser nor the first call of a registered op."""
+    code = ("import sys, torch\n"
+            "from dlrl.model import DLRL\n"
+            "g = torch.Generator().manual_seed(0)\n"
+            "r = torch.randint(0, 30, (300,), generator=g); c = torch.randint(0, 20, (300,), generator=g)\n"
+            "v = torch.rand(300, generator=g) * 4 + 1\n"
+            "for mode in ('published', 'paper'):\n"
+            "    DLRL((30, 20), rank=4, blocks=3, mode=mode, bias=mode == 'paper').fit(rows=r, cols=c, values=v,"
+            " epochs=3, progress=False, tune=False)\n"
+            "print('dynamo' if 'torch._dynamo' in sys.modules else 'clean')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().endswith("clean"), "torch._dynamo was imported by a plain fit"
