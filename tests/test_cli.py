@@ -85,6 +85,22 @@ def test_module_entry_point_runs():
     assert proc.returncode == 0 and "fit" in proc.stdout and "inpaint" in proc.stdout
 
 
+def test_fast_exit_keeps_status_and_flushes_output(tmp_path, gen):
+    """``dlrl`` ends with os._exit after main (see cli.run): the exit status must be main's and
+    everything printed — to a pipe, so block-buffered — must arrive."""
+    data = tmp_path / "r.txt"
+    r = torch.randint(0, 20, (400,), generator=gen)
+    c = torch.randint(0, 15, (400,), generator=gen)
+    data.write_text("".join(f"{u} {i} {1 + (u + i) % 5}\n" for u, i in zip(r.tolist(), c.tolist())))
+    ok = subprocess.run([sys.executable, "-m", "dlrl", "fit", str(data), "--split", "random", "--rank", "3",
+                         "--epochs", "3", "--no-tune", "--quiet"], capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert "test RMSE" in ok.stdout
+    bad = subprocess.run([sys.executable, "-m", "dlrl", "fit", str(tmp_path / "missing.txt")], capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode == 2 and "RATINGS" in bad.stderr, (bad.returncode, bad.stderr[-500:])
+
+
 def test_outputs_are_never_inputs_and_never_silently_replaced(tmp_path, gen, capsys):
     data = _ratings_file(tmp_path / "r.tsv", gen)
     before = data.read_bytes()
