@@ -120,7 +120,11 @@ def test_pinv_newton(gen, dtype, shape, record_property):
         # their ratio is heavy-tailed (a CI run saw 3.5×, seeds up to 9×): a wider factor there
         f = 10 if i == 1 else 3
         assert e_t <= f * e_r + 8 * k * eps(dtype), (i, e_t, e_r)
-        assert e_t < 32 * k * eps(dtype) * kappa**2, (i, e_t)  # seen up to ≈ 8·k·eps·κ² (both routes)
+        # err/(k·eps·κ²) is heavy-tailed: 400 seeds of the float64 κ = 1e4 case on the reference
+        # route gave median 2.8, p99 15, max 20 (the loop is in this commit's message),
+        # and one CI run of the Triton route 34 (seed 318531593) — so 64, still far below the
+        # O(rtol) or O(1) error of a wrong kernel
+        assert e_t < 64 * k * eps(dtype) * kappa**2, (i, e_t)
         assert rel_err(X[i], Xr[i]) <= (f + 1) * e_r + 8 * k * eps(dtype)
         record_property(f"rel_err_{i}", e_t)
 
