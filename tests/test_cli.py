@@ -101,6 +101,16 @@ def test_fast_exit_keeps_status_and_flushes_output(tmp_path, gen):
     assert bad.returncode == 2 and "RATINGS" in bad.stderr, (bad.returncode, bad.stderr[-500:])
 
 
+@pytest.mark.parametrize("argv", [["--help"], ["--version"], ["fit", "--help"], ["demo", "--help"]])
+def test_help_and_version_do_not_import_torch(argv):
+    """--help and --version answer at once: importing torch (2–3 s here) is left to the commands."""
+    code = ("import sys\nfrom dlrl.cli import main\ntry:\n    main(%r)\nexcept SystemExit:\n    pass\n"
+            "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')\n" % (argv,))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-1000:]
+    assert out.stdout.strip().endswith("NO-TORCH"), out.stdout[-500:]
+
+
 def test_outputs_are_never_inputs_and_never_silently_replaced(tmp_path, gen, capsys):
     data = _ratings_file(tmp_path / "r.tsv", gen)
     before = data.read_bytes()

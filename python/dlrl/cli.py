@@ -1008,16 +1008,24 @@ def _find_ml100k(given):
 
 # ----------------------------------------------------------------------------- parser
 def _version():
+    """Versions read from the installed distributions' metadata: importing torch to ask it
+    would make ``dlrl --version`` take 2–3 s."""
+    from importlib import metadata
+
     import dlrl
-    import dlrl_kernels
 
-    try:
-        import torch
+    def dist(name, module):
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:  # a source tree on sys.path, not installed
+            try:
+                import importlib
 
-        tv = torch.__version__
-    except ImportError:  # pragma: no cover
-        tv = "missing"
-    return f"dlrl {dlrl.__version__} (dlrl_kernels {dlrl_kernels.__version__}, torch {tv})"
+                return importlib.import_module(module).__version__
+            except ImportError:  # pragma: no cover
+                return "missing"
+
+    return f"dlrl {dlrl.__version__} (dlrl_kernels {dist('dlrl-kernels', 'dlrl_kernels')}, torch {dist('torch', 'torch')})"
 
 
 class _VersionAction(argparse.Action):

@@ -4,9 +4,10 @@ from __future__ import annotations
 import inspect
 
 import numpy as np
-import torch
 
-from .model import DLRL
+# torch and the model are imported inside the functions: ``dlrl/__init__`` imports this module
+# eagerly (so ``dlrl.complete`` is the function, never this submodule) and ``import dlrl`` must
+# stay free of torch (``dlrl --help``)
 
 #: the keywords ``complete`` itself takes (besides X and mask)
 _OWN = ("rank", "blocks", "p", "mode", "epochs", "bias", "weight_decay", "patience", "activation", "tune",
@@ -25,6 +26,8 @@ DEFAULT_PATIENCE = 30
 
 
 def _model_params():
+    from .model import DLRL
+
     sig = inspect.signature(DLRL.__init__).parameters
     return [k for k, v in sig.items() if k not in ("self", "shape") and v.kind != inspect.Parameter.VAR_KEYWORD]
 
@@ -61,6 +64,10 @@ def complete(X, mask=None, rank=None, blocks=None, p=None, mode="paper", epochs=
     Returns the completed matrix with X's type (numpy in, numpy out), and the model too when
     ``return_model`` (its ``tuning`` attribute holds the search's report, if any).
     """
+    import torch
+
+    from .model import DLRL
+
     model_names = _model_params()
     unknown = [k for k in options if k not in _FIT and k not in model_names]
     if unknown:
