@@ -92,10 +92,6 @@ GRID = (
 )
 #: stages searched as a line search along their sorted values (the others: every value)
 ORDERED = ("weight_decay_per_entry", "rank")
-#: line-search stages that look two steps ahead when neither neighbour of the current value is
-#: lower (the weight decay's validation curve can have two basins: early-stopped near-bias
-#: models at small decay, slowly learned factors at larger decay; see the module doc)
-LOOKAHEAD = ("weight_decay_per_entry",)
 #: the starting point of the search (the first candidate), for names not fixed by the caller
 START = {"blocks": 3, "weight_decay_per_entry": 2.5e-4, "bias": True, "rank": 20, "p": 1.0}
 
@@ -346,20 +342,6 @@ def choose(config: dict, rows, cols, values, shape, explicit: set, seed: int = 0
                         step[d] = rec
                         tried.append(rec)
             lower = [d for d, r in step.items() if r["val_rmse"] < best["val_rmse"]]
-            if not lower and step and name in LOOKAHEAD:
-                # neither neighbour is lower: one more step each way before giving up
-                far = {}
-                for d in (-1, 1):
-                    if d in step and 0 <= i + 2 * d < len(vals):
-                        rec = attempt(dict(best["params"], **{name: vals[i + 2 * d]}))
-                        if rec is not None:
-                            far[d] = rec
-                            tried.append(rec)
-                lower = [d for d, r in far.items() if r["val_rmse"] < best["val_rmse"]]
-                if lower:
-                    step = far
-                    i = i + min(lower, key=lambda d: far[d]["val_rmse"])
-                    lower = [min(lower, key=lambda d: far[d]["val_rmse"])]
             if lower:
                 d = min(lower, key=lambda d: step[d]["val_rmse"])
                 last, j = step[d], i + 2 * d
