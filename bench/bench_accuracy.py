@@ -321,7 +321,7 @@ def main(argv=None):
             ap.error(f"--md-only: {out} does not exist")
         from dlrl import tuning
 
-        doc.setdefault("grid", [list(g) for g in tuning.GRID])
+        doc.setdefault("grid", [list(g) for g in tuning.RATINGS_GRID])
         doc.setdefault("start", dict(tuning.START))
         text = markdown(doc)
         img = _load(out.with_name(out.stem + "_images.json"))
@@ -346,7 +346,7 @@ def main(argv=None):
     doc = (_load(out) if args.resume else None) or {"rows": []}
     from dlrl import tuning
 
-    doc.update(grid=[list(g) for g in tuning.GRID], start=dict(tuning.START))
+    doc.update(grid=[list(g) for g in tuning.RATINGS_GRID], start=dict(tuning.START))
     doc.update(machine=device_name("cpu") + f", {args.threads} thread(s), shared with other jobs",
                torch=torch.__version__, python=platform.python_version(), command=" ".join(sys.argv),
                json_name=out.name)

@@ -180,3 +180,19 @@ def test_fit_tuned_averages_its_members():
     assert not isinstance(single, tuning.SeedAverage)
     with pytest.raises(ValueError, match="members"):
         tuning.fit_tuned(r, c, v, shape, members=0, tune=False)
+
+
+def test_grid_argument_orders_the_stages_and_the_ratings_grid_has_no_blocks_stage():
+    r, c, v, shape = _ratings(seed=6)
+    explicit = {"rank", "p", "weight_decay", "clip"}
+    cfg = dict(rank=4, p=1.0, weight_decay=5.0, clip=(1.0, 5.0), epochs=6)
+    res = choose(cfg, r, c, v, shape, explicit, grid=(("bias", (True, False)),))
+    tried = [p["params"] for p in res["report"]["candidates"]]
+    # the start (3 blocks, bias on) and the bias stage only: no blocks candidate
+    assert sorted(p["bias"] for p in tried) == [False, True] and {p["blocks"] for p in tried} == {3}
+    assert res["report"]["grid"] == [["bias", (True, False)]]
+    assert "blocks" not in dict(tuning.RATINGS_GRID)
+    assert [g for g in tuning.GRID if g[0] != "blocks"] == list(tuning.RATINGS_GRID)
+    for bad in ((("depth", (1, 2)),), (("bias", ()),), 5):
+        with pytest.raises(ValueError, match="grid"):
+            choose(cfg, r, c, v, shape, explicit, grid=bad)

@@ -90,6 +90,11 @@ GRID = (
     ("blocks", (3, 5)),
     ("p", (0.5, 1.0)),
 )
+#: the ratings path's grid (``fit_tuned``; ``choose(grid=...)``): no blocks stage, 3 blocks (the
+#: start) unless the caller fixes them — 5 blocks never won a ratings search (0 of 30 in the
+#: committed accuracy run; inner u1 0.9253 vs 0.9116) and its candidate used budget that the
+#: p stage then lacked (outer validation on syn-500x300, module doc)
+RATINGS_GRID = tuple(g for g in GRID if g[0] != "blocks")
 #: stages searched as a line search along their sorted values (the others: every value)
 ORDERED = ("weight_decay_per_entry", "rank")
 #: the starting point of the search (the first candidate), for names not fixed by the caller
@@ -184,7 +189,8 @@ def better(cand: dict, best: dict, z: float = SELECT_Z) -> bool:
 
 def choose(config: dict, rows, cols, values, shape, explicit: set, seed: int = 0,
            budget_s: Optional[float] = None, *, start: Optional[dict] = None,
-           fit_defaults: Optional[dict] = None, z: float = SELECT_Z, min_val: int = 0) -> dict:
+           fit_defaults: Optional[dict] = None, z: float = SELECT_Z, min_val: int = 0,
+           grid: Optional[tuple] = None) -> dict:
     """Pick DLRL hyper-parameters on validation parts of the given (training) entries.
 
     config: the constructor arguments the model was built with (``shape`` may be included; it
@@ -198,7 +204,8 @@ def choose(config: dict, rows, cols, values, shape, explicit: set, seed: int = 0
         when ``config`` has none; returned in ``fit_kwargs`` for the refit. z: the selection
         rule's number of paired standard errors (0: plain lowest validation RMSE). min_val:
         pool k-fold validation parts when one part would hold fewer entries (``_folds``; 0:
-        always one part; ``fit_tuned`` passes ``MIN_VAL``).
+        always one part; ``fit_tuned`` passes ``MIN_VAL``). grid: the stages, ``(name, values)``
+        pairs in search order (default ``GRID``; ``fit_tuned`` passes ``RATINGS_GRID``).
     Returns ``{"overrides": {constructor args}, "fit_kwargs": {"epochs": ..., ...}, "report": {...}}``.
     """
     from .model import DLRL
@@ -219,8 +226,15 @@ def choose(config: dict, rows, cols, values, shape, explicit: set, seed: int = 0
         raise ValueError(f"z: expected a finite number >= 0, got {z!r}")
     if fit_defaults is not None and not isinstance(fit_defaults, dict):
         raise TypeError(f"fit_defaults: expected a dict of fit keywords, got {type(fit_defaults).__name__}")
+    grid = GRID if grid is None else grid
+    try:
+        grid = tuple((str(g[0]), tuple(g[1])) for g in grid)
+    except (TypeError, IndexError):
+        raise ValueError(f"grid: expected (name, values) pairs, got {grid!r}") from None
+    if not grid or any(len(g[1]) == 0 or g[0] not in START for g in grid):
+        raise ValueError(f"grid: expected (name, non-empty values) pairs with names among {sorted(START)}, got {grid!r}")
     nnz = values.numel()
-    report = {"val_fraction": VAL_FRACTION, "seed": int(seed), "budget_s": budget, "grid": [list(g) for g in GRID],
+    report = {"val_fraction": VAL_FRACTION, "seed": int(seed), "budget_s": budget, "grid": [list(g) for g in grid],
               "start": dict(START), "max_epochs": TUNE_MAX_EPOCHS, "patience": TUNE_PATIENCE, "rule_z": z,
               "explicit": sorted(explicit), "candidates": [], "skipped": []}
     t0 = time.perf_counter()
@@ -323,7 +337,7 @@ def choose(config: dict, rows, cols, values, shape, explicit: set, seed: int = 0
         return rec
 
     best = attempt(start, first=True)
-    for name, grid_values in GRID:
+    for name, grid_values in grid:
         if _stage_skipped(name, explicit) or name not in best["params"]:
             continue
         vals = _stage_values(name, grid_values, (m, n))
@@ -452,7 +466,7 @@ def fit_tuned(rows, cols, values, shape, seed: int = 0, budget_s: Optional[float
     report = None
     if tune:
         res = choose({**ctor, **fit_kw}, rows, cols, values, shape, set(given) | set(fit_kw) | {"seed"},
-                     seed=seed, budget_s=budget_s, fit_defaults=RATINGS_FIT, min_val=MIN_VAL)
+                     seed=seed, budget_s=budget_s, fit_defaults=RATINGS_FIT, min_val=MIN_VAL, grid=RATINGS_GRID)
         ctor.update(res["overrides"])
         for k, v in res["fit_kwargs"].items():
             fit_kw.setdefault(k, v)
