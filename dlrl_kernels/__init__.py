@@ -7,6 +7,7 @@ docstring.
 from ._dispatch import describe as backend_info
 from .ops.chain import chain_grad, chain_products
 from .ops.gram import gram
+from .ops.block_chain import block_chain
 from .ops.lowrank_block import lowrank_block
 from .ops.lowrank_penalty import lowrank_penalty, lowrank_penalty_exact
 from .ops.masked_residual import masked_loss, masked_residual
@@ -23,6 +24,7 @@ __all__ = [
     "chain_products",
     "gram",
     "lowrank_block",
+    "block_chain",
     "lowrank_penalty",
     "lowrank_penalty_exact",
     "masked_loss",

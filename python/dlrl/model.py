@@ -657,22 +657,49 @@ class DLRL(nn.Module):
             Vt = torch.cat([Vt, self._ones[1], self.bi[:, None]], 1)
         return U, Vt.contiguous()
 
+    def _chain_factors(self):
+        """(U', V'ᵀ) of the product of every block's output, biases as extra columns — the
+        operators N_k (``block_operators``) and then one ``dk.block_chain`` node for all the W
+        products, activations, the chain and the bias columns (same values as
+        ``_outer(block_outputs())``, a fraction of the autograd nodes: see block_chain's doc)."""
+        from dlrl_kernels.ops.block_chain import block_chain
+
+        cfg = self.config
+        N = self.block_operators()
+        d = N.shape[-1]
+        act = "relu" if cfg.mode == "published" else self.activation
+        wide = [self._transposed(k) for k in range(cfg.blocks)] if cfg.mode == "published" else \
+            [W.shape[-1] != d for W in self.W]
+        ue = ve = None
+        if cfg.bias:
+            m, n = cfg.shape
+            key = (m, n, N.dtype, N.device)
+            if getattr(self, "_ones_key", None) != key:
+                self._ones = (N.new_ones(m, 1), N.new_ones(n, 1))
+                self._ones_key = key
+            ue = torch.cat([(self.mu + self.bu)[:, None], self._ones[0]], 1)
+            ve = torch.cat([self._ones[1], self.bi[:, None]], 1)
+        return block_chain(N, list(self.W), act, ue, ve, wide=wide)
+
     def loss(self, obs: Observations, outs=None, nnz=None):
         """Training loss J (Eq. 26): ½‖P_Ω(X̂ − X)‖² ("sum") or its per-entry mean (over
         ``nnz`` entries: the global count under data-parallel training)."""
-        outs = self.block_outputs() if outs is None else outs
         cfg = self.config
         pat = obs.pattern
-        if not cfg.bias and obs.X is not None and cfg.dense:
+        dense = not cfg.bias and obs.X is not None and cfg.dense
+        chain = outs is None and not dense and pat is not None and cfg.blocks > 1 and _raw_op("masked_loss_sparse", 11)
+        outs = self.block_outputs() if outs is None and not chain else outs
+        if dense:
             J = dk.masked_loss(outs, obs.X, backend=cfg.backend)
-        elif pat is not None and len(outs) > 1 and _raw_op("masked_loss_sparse", 11):
-            # the registered loss op on (U, Vᵀ) directly: one SDDMM forward, two SpMMs with the
-            # loss's scale folded in backward (inside a fit the observations were validated
-            # once, so the public wrapper's per-call NaN scans — host syncs — are skipped)
+        elif chain or (pat is not None and len(outs) > 1 and _raw_op("masked_loss_sparse", 11)):
+            # the registered loss op on (U, Vᵀ) directly: the SDDMM and both SpMMs in its
+            # forward, the loss's scale applied in its backward (inside a fit the observations
+            # were validated once, so the public wrapper's per-call NaN scans — host syncs — are
+            # skipped); with no block outputs given, (U, Vᵀ) come from one block_chain node
             from dlrl_kernels.ops import masked_residual_sparse as _mrs
 
             be = _mrs.TABLE_LOSS.resolve(cfg.backend, obs.values.device, triton_ok=True, cuda_ok=True)[0]
-            U, Vt = self._outer(outs)
+            U, Vt = self._chain_factors() if chain else self._outer(outs)
             J = _mrs.loss_op(U, Vt, obs.rows, obs.cols, obs.values, be, _mrs.wants_grad(U, Vt), pat.crow, pat.ccol,
                              pat.col_order, pat.rows_by_col)[0]
         elif not cfg.bias:
@@ -1181,7 +1208,9 @@ class DLRL(nn.Module):
                             getattr(self, f"X{k}").copy_(o)
                     self._prepare(obs, ctx)
                 opt.zero_grad(set_to_none=True)
-                outs = self.block_outputs()
+                # the block outputs themselves are only needed to track the Schatten sum;
+                # otherwise the loss builds (U, Vᵀ) in one block_chain node
+                outs = self.block_outputs() if track_schatten else None
                 J = self.loss(obs, outs, nnz=nnz_g)
                 J.backward()
                 Jd = J.detach()
