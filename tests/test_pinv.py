@@ -131,3 +131,56 @@ def test_eigh_route_gradcheck_and_refuses_nonsymmetric(gen):
         dk.pinv(torch.randn(6, 6, generator=gen, dtype=torch.float64), method="eigh")
     with pytest.raises(ValueError, match="symmetric"):
         dk.pinv(torch.randn(6, 4, generator=gen, dtype=torch.float64), method="eigh")
+
+
+# ----------------------------------------------------------------------------- published operator
+def _published_composed(S, expo):
+    """The published code's operator composed from torch ops (autograd chains the adjoints)."""
+    st = 0.002 * S.diagonal(dim1=-2, dim2=-1).abs().amax(-1)
+    G = 0.5 * torch.pow(S + st[:, None, None], expo)
+    return 0.5 * torch.linalg.pinv(G, hermitian=True)
+
+
+def _spd_batch(seed, I, d, dtype, tie=False):
+    g = torch.Generator().manual_seed(seed)
+    A = torch.rand(I, d + 3, d, generator=g, dtype=torch.float64) + 0.1  # positive factors, as published
+    S = A.transpose(-1, -2) @ A
+    if tie:  # two equal largest diagonal entries: amax's adjoint splits between them
+        S[0, 1, 1] = S[0, 0, 0] = S[0].diagonal().max()
+    return S.to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("tie", [False, True])
+def test_published_operator_matches_composed_autograd(dtype, tie):
+    import os
+
+    from dlrl_kernels.ops.pinv import published_operator
+
+    seed = int.from_bytes(os.urandom(4), "little")
+    I, d = 3, 5
+    S = _spd_batch(seed, I, d, dtype, tie)
+    expo = torch.tensor([-0.5, -0.25, 0.0], dtype=dtype)[:, None, None]  # p = 1, 1.5, 2 (e = 0: no gradient)
+    a, b = S.clone().requires_grad_(), S.clone().requires_grad_()
+    M, M2 = published_operator(a, expo), _published_composed(b, expo)
+    tol = 1e-4 if dtype == torch.float32 else 1e-10
+    torch.testing.assert_close(M, M2, rtol=tol, atol=tol * float(M2.abs().max()), msg=lambda s: f"{s} (seed {seed})")
+    C = torch.randn(M.shape, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64).to(dtype)
+    (M * C).sum().backward()
+    (M2 * C).sum().backward()
+    torch.testing.assert_close(a.grad, b.grad, rtol=tol * 10, atol=tol * 10 * float(b.grad.abs().max()),
+                               msg=lambda s: f"{s} (seed {seed}, tie={tie})")
+
+
+def test_published_operator_gradcheck_float64():
+    import os
+
+    from dlrl_kernels.ops.pinv import published_operator
+
+    seed = int.from_bytes(os.urandom(4), "little")
+    g = torch.Generator().manual_seed(seed)
+    A = (torch.rand(2, 6, 4, generator=g, dtype=torch.float64) + 0.1).requires_grad_()
+    expo = torch.tensor([-0.5, -0.3], dtype=torch.float64)[:, None, None]
+    # through S = AᵀA: the op (like the eigh it runs) reads a symmetric S, so the finite
+    # differences must perturb S symmetrically
+    assert torch.autograd.gradcheck(lambda a: published_operator(a.transpose(-1, -2) @ a, expo), (A,)), f"seed {seed}"

@@ -539,28 +539,25 @@ class DLRL(nn.Module):
         return prep["G0"] + t * prep["G1"] + (t * t) * prep["G2"]
 
     def _published_operators(self, S):
-        st = 0.002 * S.diagonal(dim1=-2, dim2=-1).abs().amax(-1)
-        # a negative entry of S gives NaN here (as in the published code); the fit reports it
-        # at its next finiteness check (no host sync per epoch)
-        G = 0.5 * torch.pow(S + st[:, None, None], self._exponents())
-        if _raw_op("pinv", 4):
-            # the registered op without the wrapper's per-call NaN scan (a host sync every
-            # epoch); a NaN G shows up in the loss, checked at the fit's sync points
-            from dlrl_kernels.ops import pinv as _pinv
+        """M_k = ½·pinv(½·(S_k + st_k)^∘((p_k−2)/2)), st_k = 0.002·max|diag S_k| — one
+        ``dlrl::published_operator`` node (the registered op without the public ``pinv``'s
+        per-call NaN scan, a host sync every epoch: a NaN G shows up in the loss, checked at the
+        fit's sync points)."""
+        from dlrl_kernels.ops import pinv as _pinv
 
-            name = _pinv.TABLE.resolve(self.config.backend, G.device)[0]
-            try:
-                # G is symmetric (an elementwise function of the symmetric S): the eigh route
-                # gives the published SVD pseudo-inverse (same cut-off) at half the cost
-                return 0.5 * _pinv.pinv_op(G, "eigh", None, name)
-            except RuntimeError as err:
-                if bool(torch.isfinite(G).all()):
-                    raise
-                raise FloatingPointError(
-                    "mode='published': the elementwise power (S + st)^((p-2)/2) hit a negative entry of "
-                    "S = YᵀY (the published code has the same failure); use mode='paper' (true matrix power)"
-                ) from err
-        return 0.5 * dk.pinv(G, method="eigh")
+        name = _pinv.TABLE.resolve(self.config.backend, S.device)[0]
+        try:
+            # G is symmetric (an elementwise function of the symmetric S): the eigh route gives
+            # the published SVD pseudo-inverse (same cut-off) at half the cost
+            return _pinv.published_op(S, self._exponents(), name)[0]
+        except RuntimeError as err:
+            if bool(torch.isfinite(S).all()) and not bool((S + 0.002 * S.diagonal(dim1=-2, dim2=-1).abs().amax(-1)[
+                    :, None, None] < 0).any()):
+                raise
+            raise FloatingPointError(
+                "mode='published': the elementwise power (S + st)^((p-2)/2) hit a negative entry of "
+                "S = YᵀY (the published code has the same failure); use mode='paper' (true matrix power)"
+            ) from err
 
     def _need_prep(self, prep):
         prep = self._prep if prep is None else prep
