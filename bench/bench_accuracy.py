@@ -274,6 +274,16 @@ def markdown(doc):
     return "\n".join(lines) + "\n"
 
 
+def full_markdown(doc, out):
+    """The ratings markdown, plus the inpainting table when ``<out stem>_images.json`` exists
+    (every write of the markdown keeps it: a ratings run must not drop the images section)."""
+    text = markdown(doc)
+    img = _load(out.with_name(out.stem + "_images.json"))
+    if img and img.get("rows"):
+        text += images_markdown(img)
+    return text
+
+
 def main_images(args, out):
     """Inpainting rows, written to ``<out stem>_images.json`` after every image."""
     from _env import device_name
@@ -323,11 +333,7 @@ def main(argv=None):
 
         doc.setdefault("grid", [list(g) for g in tuning.RATINGS_GRID])
         doc.setdefault("start", dict(tuning.START))
-        text = markdown(doc)
-        img = _load(out.with_name(out.stem + "_images.json"))
-        if img and img.get("rows"):
-            text += images_markdown(img)
-        atomic_write_text(md, text)
+        atomic_write_text(md, full_markdown(doc, out))
         return 0
     torch.set_num_threads(args.threads)
     if args.images is not None:
@@ -383,12 +389,12 @@ def main(argv=None):
         doc["missing"] = missing
         doc["summary"] = _summary(doc["rows"])
         atomic_write_text(out, json.dumps(doc, indent=1))
-        atomic_write_text(md, markdown(doc))
+        atomic_write_text(md, full_markdown(doc, out))
         print(f"{name:24s} {meth:12s} seed {s}: RMSE {err:.4f}  ({secs:.1f} s)", flush=True)
     doc["missing"] = missing
     doc["summary"] = _summary(doc["rows"])
     atomic_write_text(out, json.dumps(doc, indent=1))
-    atomic_write_text(md, markdown(doc))
+    atomic_write_text(md, full_markdown(doc, out))
     return 0
 
 

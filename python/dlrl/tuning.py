@@ -12,7 +12,8 @@ different seeds and averages the predictions (:class:`SeedAverage`).
 The search (``GRID``) is staged, not a full product: each stage varies one parameter around
 the best candidate so far — a line search along the sorted values for ``weight_decay`` and
 ``rank`` (both neighbours of the current value, then onwards while the validation RMSE keeps
-falling), every value for ``bias``, ``blocks`` and ``p``. Exploration follows point estimates,
+falling), every value for ``bias``, ``blocks`` and ``p``; the ratings path (``fit_tuned``) uses
+``RATINGS_GRID``, the same without the ``blocks`` stage. Exploration follows point estimates,
 but the stage's lowest validation RMSE replaces the best so far only if it wins by more than
 ``SELECT_Z`` paired standard errors (``better``: per-entry squared errors of the two on the
 same validation entries), so a candidate that only looks better on a noisy part is not taken.
@@ -35,18 +36,35 @@ training set and scored on its other 15 % (outer seeds 0/1/2).
   inits' ReLU factors die: at 5e-4 with rank 40, 0.9595 = the bias-only level). A 500×300 set
   with ~11 ratings per user needs 1e-3 (pooled validation 0.7092 vs 0.7192 at 2.5e-4; Surprise
   SVD 0.7085 on the same parts); 0 is for noiseless data (``dlrl.complete`` starts there).
-- ``blocks`` 3 (inner u1 at lr 0.005: 0.9116 vs 0.9253 with 5; 2 blocks 0.9466);
+- ``blocks`` 3 (inner u1 at lr 0.005: 0.9116 vs 0.9253 with 5, 0.9215 with 4; 2 blocks 0.9466).
+  No blocks stage on the ratings path (``RATINGS_GRID``): 5 blocks won 0 of the 30 searches of
+  the accuracy run of 2026-12-01 03:20 and its candidate took budget from the p stage; outer
+  validation on syn-500x300's training ratings, outer seeds 0–5, 3 averaged refits: 0.6931
+  without the stage vs 0.6967 with it (paired per seed: 4 equal within 0.001, 2 better by
+  0.014 and 0.008);
   ``bias`` on (0.922 vs 0.949 on u1); ``rank`` 20 (10: 0.9115 ± 0.0010, 40: 0.9178 ± 0.0094);
   ``p`` 1 (0.5: 0.9121 ± 0.0015); activation ReLU (linear blocks, "none": 0.9222).
+- Tried on the inner protocol (u1 and u2, init seeds 0/1/2, the mean of the three fits'
+  predictions) and not adopted, none better than the start beyond run-to-run noise (the same
+  configuration's u2 value moved 0.9119 → 0.9158 between two versions of model.py that are
+  equal to rounding): lr 0.003 / 0.002, rank 10 / 30, rank 10 or 40 with decay 3e-4, decay
+  2e-4 / 3e-4, p 0.5, p per block (1, 1, 0.5) / (0.5, 1, 1), 4 blocks, eta0 0.5 / 0.02, init
+  "scaled" / "published", normalize "frobenius" / "trace", refresh "carry", scale_init off,
+  Adam betas (0.5, 0.9), plateau patience 2, early-stopping patience 20, averaging members of
+  different configurations; a separate Adam decay for the user / item biases (×0.25 … ×4 the
+  factors'; u1–u5 at ×0.5: 0.9110 vs 0.9113) or none on μ (0.9108). A weight-decay line search
+  that looks two steps ahead when both neighbours are worse: outer syn-500x300 0.6962 vs 0.6966.
 - Pooled parts (``MIN_VAL`` 2000): a 10 % part of 600 ratings has a standard error of about
   0.02 in RMSE, more than the differences between candidates; 4 pooled parts halve it.
 
 Budget: candidates are fitted one after another (each for at most ``TUNE_MAX_EPOCHS`` epochs,
 early stopping after ``TUNE_PATIENCE`` epochs without a better validation RMSE); once
 ``budget_s`` seconds (``DEFAULT_BUDGET_S`` = 30 if None) have passed no new candidate is
-started (the report lists the skipped ones). On ML-100K one candidate takes 3–6 s on one core
-of this 2-core machine (shared), so the search takes ~30 s (6–7 candidates) plus 3 refits; the
-faster epoch of the training-step issue divides that.
+started (the report lists the skipped ones). With the faster epoch of the training-step issue
+a ML-100K candidate takes ~2–3 s on one core of this 2-core machine (shared): the whole ratings
+grid (7–8 candidates) runs in 13–22 s, plus 3 refits (accuracy run of 2026-12-01 06:17). The
+budget is wall-clock, so on a loaded machine a later stage can be skipped (the search is then
+not reproducible across machine loads; the report lists what was skipped).
 """
 from __future__ import annotations
 
