@@ -43,7 +43,10 @@ training set and scored on its other 15 % (outer seeds 0/1/2).
   without the stage vs 0.6967 with it (paired per seed: 4 equal within 0.001, 2 better by
   0.014 and 0.008);
   ``bias`` on (0.922 vs 0.949 on u1); ``rank`` 20 (10: 0.9115 ± 0.0010, 40: 0.9178 ± 0.0094);
-  ``p`` 1 (0.5: 0.9121 ± 0.0015); activation ReLU (linear blocks, "none": 0.9222).
+  ``p`` 1 (0.5: 0.9121 ± 0.0015); activation ReLU (linear blocks, "none": 0.9222). The p stage
+  stays in ``RATINGS_GRID``: where the search picked p 0.5 (outer protocol), ML-100K lost
+  (u1 0.9212 vs 0.9174 with p 1, u2 0.9047 vs 0.9023) and syn-500x300 gained (0.7069 vs 0.7207;
+  another seed equal); ~0.001 on ML-100K does not buy the 0.005 still missing there.
 - Tried on the inner protocol (u1 and u2, init seeds 0/1/2, the mean of the three fits'
   predictions) and not adopted, none better than the start beyond run-to-run noise (the same
   configuration's u2 value moved 0.9119 → 0.9158 between two versions of model.py that are

@@ -11,7 +11,7 @@ from dlrl.metrics import rmse
 G0 = tuning.GRID  # the full grid (with blocks); fit_tuned now passes RATINGS_GRID: patch it too
 NOB = tuple(g for g in G0 if g[0] != "blocks")
 VAR = {"cur": dict(LOOKAHEAD=(), GRID=G0), "la": dict(LOOKAHEAD=("weight_decay_per_entry",), GRID=G0),
-       "nob": dict(LOOKAHEAD=(), GRID=NOB), "nobla": dict(LOOKAHEAD=("weight_decay_per_entry",), GRID=NOB)}
+       "nob": dict(LOOKAHEAD=(), GRID=NOB), "nop": dict(LOOKAHEAD=(), GRID=tuple(g for g in NOB if g[0] != "p")), "nobla": dict(LOOKAHEAD=("weight_decay_per_entry",), GRID=NOB)}
 def run(name, var, seed):
     for k, v in VAR[var].items():
         setattr(tuning, k, v)
