@@ -1016,6 +1016,8 @@ class DLRL(nn.Module):
             extra["fit_defaults"] = dict(tuning.RATINGS_FIT)  # the fit settings the search was validated with
         if hasattr(tuning, "MIN_VAL"):
             extra["min_val"] = tuning.MIN_VAL  # pooled validation parts on small data
+        if hasattr(tuning, "RATINGS_GRID"):
+            extra["grid"] = tuning.RATINGS_GRID  # the grid fit_tuned / bench_accuracy validated (no blocks stage)
         res = tuning.choose(cfg_dict, obs.rows, obs.cols, obs.values, self.config.shape, explicit=explicit,
                             seed=self.config.seed, **extra)
         overrides = dict(res.get("overrides", {}))
