@@ -221,22 +221,32 @@ class EagerOp:
     (``tests/test_eager_ops.py``).
 
     ``setup_context(ctx, inputs, output)`` and ``backward(ctx, *grads)`` are the functions
-    given to ``register_autograd``; unused outputs' gradients arrive as None on both routes.
+    given to ``register_autograd``. When no gradient flows back at all, the twin returns None
+    for every input; otherwise unused outputs' gradients arrive as zeros, or as None with
+    ``none_grads=True`` (backwards written to skip them: the sparse loss, pinv, block_power).
     """
 
-    def __init__(self, op, forward, setup_context, backward):
+    def __init__(self, op, forward, setup_context, backward, none_grads=False):
         self.op = op
         self.forward_fn = forward
 
         def fwd(ctx, *args):
             ctx.set_materialize_grads(False)
+            ctx._n_args = len(args)
             out = forward(*args)
             setup_context(ctx, args, out)
+            outs = tuple(out) if isinstance(out, tuple) else (out,)
+            ctx._out_meta = [(o.shape, o.dtype, o.device) for o in outs]
             if isinstance(out, tuple):  # the custom op's outputs never alias its inputs
                 return tuple(out)
             return out
 
         def bwd(ctx, *grads):
+            if all(g is None for g in grads):  # nothing flows back (e.g. gradcheck's undefined-grad check)
+                return (None,) * ctx._n_args
+            if not none_grads:  # a backward written for the custom op, which sees zeros, not None
+                grads = tuple(torch.zeros(sh, dtype=dt, device=dv) if g is None else g
+                              for g, (sh, dt, dv) in zip(grads, ctx._out_meta))
             return backward(ctx, *grads)
 
         self.function = type(f"{getattr(op, '_name', 'op')}_eager".replace("::", "_"),

@@ -168,8 +168,17 @@ def test_published_operator_matches_composed_autograd(dtype, tie):
     C = torch.randn(M.shape, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64).to(dtype)
     (M * C).sum().backward()
     (M2 * C).sum().backward()
-    torch.testing.assert_close(a.grad, b.grad, rtol=tol * 10, atol=tol * 10 * float(b.grad.abs().max()),
-                               msg=lambda s: f"{s} (seed {seed}, tie={tie})")
+    if dtype == torch.float64:
+        torch.testing.assert_close(a.grad, b.grad, rtol=tol * 10, atol=tol * 10 * float(b.grad.abs().max()),
+                                   msg=lambda s: f"{s} (seed {seed}, tie={tie})")
+    else:
+        # positive factors make S nearly rank one and G ill-conditioned: two float32 orders of
+        # the pinv adjoint differ by ~κ²·eps (a CI seed: 1.7 % of the largest entry), so float32
+        # is held to the float64 gradient at a few percent of its scale
+        c = S.double().clone().requires_grad_()
+        (_published_composed(c, expo.double()) * C.double()).sum().backward()
+        err = float((a.grad.double() - c.grad).abs().max()) / float(c.grad.abs().max())
+        assert err < 0.05, f"float32 gradient off by {err:.3g} of its scale (seed {seed}, tie={tie})"
 
 
 def test_published_operator_gradcheck_float64():

@@ -215,7 +215,7 @@ def _backward(ctx, gN, gc, gv, glam, gQ):
 _block_power_op.register_autograd(_backward, setup_context=_setup)
 #: ``dlrl::block_power``, or in eager mode its autograd.Function twin (same functions; see
 #: ``_dispatch.EagerOp``): block_power(S, a, normalize, method, rtol, impl) → (N, c, v, λ, Q)
-block_power = _dispatch.EagerOp(torch.ops.dlrl.block_power, _block_power_impl, _setup, _backward)
+block_power = _dispatch.EagerOp(torch.ops.dlrl.block_power, _block_power_impl, _setup, _backward, none_grads=True)
 
 
 def _sqrt_backward(C, a, lam, Q, rng):

@@ -277,7 +277,7 @@ def _backward(ctx, ge):
 
 _residual_op.register_autograd(_backward, setup_context=_setup_context)
 #: the op, or in eager mode its autograd.Function twin (same functions; see ``EagerOp``)
-residual_op = EagerOp(torch.ops.dlrl.masked_residual_sparse, _residual_impl, _setup_context, _backward)
+residual_op = EagerOp(torch.ops.dlrl.masked_residual_sparse, _residual_impl, _setup_context, _backward, none_grads=True)
 
 
 # ----------------------------------------------------------------------------- the loss op
@@ -358,7 +358,7 @@ def _loss_backward(ctx, gJ, ge, gR=None, gQ=None):
 
 _loss_op.register_autograd(_loss_backward, setup_context=_loss_setup)
 #: the op, or in eager mode its autograd.Function twin (same functions; see ``EagerOp``)
-loss_op = EagerOp(torch.ops.dlrl.masked_loss_sparse, _loss_impl, _loss_setup, _loss_backward)
+loss_op = EagerOp(torch.ops.dlrl.masked_loss_sparse, _loss_impl, _loss_setup, _loss_backward, none_grads=True)
 
 
 def wants_grad(*tensors):

@@ -142,7 +142,7 @@ def _backward(ctx, gX):
 _pinv_op.register_autograd(_backward, setup_context=_setup)
 #: ``dlrl::pinv``, or in eager mode its autograd.Function twin (same functions; see
 #: ``_dispatch.EagerOp``): pinv_op(G, method, rtol, backend)
-pinv_op = _dispatch.EagerOp(torch.ops.dlrl.pinv, _pinv_impl, _setup, _backward)
+pinv_op = _dispatch.EagerOp(torch.ops.dlrl.pinv, _pinv_impl, _setup, _backward, none_grads=True)
 
 
 def pinv(G, method: str = "auto", rtol=None, max_iters=None, backend: str = "auto"):
@@ -225,7 +225,7 @@ def _published_backward(ctx, gM, gG_out):
 
 _published_op.register_autograd(_published_backward, setup_context=_published_setup)
 published_op = _dispatch.EagerOp(torch.ops.dlrl.published_operator, _published_impl, _published_setup,
-                                 _published_backward)
+                                 _published_backward, none_grads=True)
 
 
 def published_operator(S: Tensor, expo: Tensor, backend: str = "auto") -> Tensor:
