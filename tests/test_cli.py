@@ -145,7 +145,11 @@ def test_ctrl_c_saves_checkpoint_and_json_exit_130(tmp_path, gen):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, "-m", "dlrl", "fit", str(data), "--split", "random", "--rank", "3",
                              "--epochs", "1000000", "--patience", "1000000", "--quiet", "--save", str(ck),
-                             "--json", str(js)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                             "--json", str(js)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            # as from a terminal: a job started in the background of a
+                            # non-interactive shell (`nohup make test &`) inherits SIGINT ignored,
+                            # and Python then installs no KeyboardInterrupt handler at all
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 90
         while not ck.exists() and time.time() < deadline and proc.poll() is None:
