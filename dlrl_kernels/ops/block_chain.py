@@ -55,12 +55,17 @@ def _natural(Ys, wide):
     return [Y.transpose(-1, -2) if w else Y for Y, w in zip(Ys, wide)]
 
 
-def chain_factors(Xs: Sequence[Tensor]):
-    """(U, Vᵀ, mids): U = X̂_1 (X̂_2⋯X̂_{I−1}), Vᵀ = X̂_Iᵀ (contiguous), mids[j] = X̂_2⋯X̂_{j+1}
-    (the running middle products, kept for the backward)."""
+def middle_products(Xs: Sequence[Tensor]) -> List[Tensor]:
+    """mids[j] = X̂_2⋯X̂_{j+2}: the running d×d middle products (the backward needs them, not U)."""
     mids: List[Tensor] = []
     for M in Xs[1:-1]:
         mids.append(M if not mids else mids[-1] @ M)
+    return mids
+
+
+def chain_factors(Xs: Sequence[Tensor]):
+    """(U, Vᵀ, mids): U = X̂_1 (X̂_2⋯X̂_{I−1}), Vᵀ = X̂_Iᵀ (contiguous), mids = ``middle_products``."""
+    mids = middle_products(Xs)
     U = Xs[0] if not mids else Xs[0] @ mids[-1]
     return U, Xs[-1].transpose(-1, -2).contiguous(), mids
 
@@ -89,7 +94,7 @@ def _backward_core(N, Ws, wide, Ys, activation, gU, gVt, n_extra):
     gv = gVt[:, d:] if n_extra else None
     gU, gVt = gU[:, :d], gVt[:, :d]
     Xs = _natural(Ys, wide)
-    _, _, mids = chain_factors(Xs)
+    mids = middle_products(Xs)  # only the d×d products: U and the Vᵀ copy are not needed here
     gX: List[Optional[Tensor]] = [None] * I
     if mids:
         gX[0] = gU @ mids[-1].transpose(-1, -2)

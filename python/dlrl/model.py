@@ -635,24 +635,31 @@ class DLRL(nn.Module):
 
     def _outer(self, outs):
         """(U, Vᵀ) of the product X̂_1⋯X̂_I: U = X̂_1 (X̂_2⋯X̂_{I−1}) — the d×d middle product
-        first, so one m×d·d×d matmul instead of I−2 — and Vᵀ = X̂_Iᵀ (n×d; contiguous as
-        ``lowrank_block`` lays the wide output out). With biases, two columns are appended:
-        U' = [U, μ + b_u, 1], V' = [V, 1, b_i], so that U'V'ᵀ = UVᵀ + μ + b_u + b_i and the
-        sparse kernel adds the biases with no nnz-long gathers or scatters (their gradients
-        are the kernel's two SpMMs' extra columns)."""
-        mid = None
-        for M in outs[1:-1]:
-            mid = M if mid is None else mid @ M
-        U = outs[0] if mid is None else outs[0] @ mid
-        Vt = outs[-1].t()
-        if self.config.bias:
-            key = (U.shape[0], Vt.shape[0], U.dtype, U.device)
-            if getattr(self, "_ones_key", None) != key:
-                self._ones = (U.new_ones(U.shape[0], 1), U.new_ones(Vt.shape[0], 1))
-                self._ones_key = key
-            U = torch.cat([U, (self.mu + self.bu)[:, None], self._ones[0]], 1)
-            Vt = torch.cat([Vt, self._ones[1], self.bi[:, None]], 1)
-        return U, Vt.contiguous()
+        first, so one m×d·d×d matmul instead of I−2 — and Vᵀ = X̂_Iᵀ (n×d contiguous), with
+        the bias columns appended (``_bias_columns``). The same arithmetic as the
+        ``block_chain`` node the training loss uses; this composed form serves given outputs."""
+        from dlrl_kernels.ops.block_chain import chain_factors
+
+        U, Vt, _ = chain_factors(outs)
+        cols = self._bias_columns()
+        if cols is not None:
+            U, Vt = torch.cat([U, cols[0]], 1), torch.cat([Vt, cols[1]], 1)
+        return U, Vt
+
+    def _bias_columns(self):
+        """With biases, the columns appended to U and Vᵀ: U' = [U, μ + b_u, 1], V' = [V, 1, b_i],
+        so that U'V'ᵀ = UVᵀ + μ + b_u + b_i and the sparse kernel adds the biases with no
+        nnz-long gathers or scatters (their gradients are the kernel's two SpMMs' extra
+        columns). None without biases."""
+        if not self.config.bias:
+            return None
+        m, n = self.config.shape
+        key = (m, n, self.bu.dtype, self.bu.device)
+        if getattr(self, "_ones_key", None) != key:
+            self._ones = (self.bu.new_ones(m, 1), self.bu.new_ones(n, 1))
+            self._ones_key = key
+        return (torch.cat([(self.mu + self.bu)[:, None], self._ones[0]], 1),
+                torch.cat([self._ones[1], self.bi[:, None]], 1))
 
     def _chain_factors(self):
         """(U', V'ᵀ) of the product of every block's output, biases as extra columns — the
@@ -667,15 +674,7 @@ class DLRL(nn.Module):
         act = "relu" if cfg.mode == "published" else self.activation
         wide = [self._transposed(k) for k in range(cfg.blocks)] if cfg.mode == "published" else \
             [W.shape[-1] != d for W in self.W]
-        ue = ve = None
-        if cfg.bias:
-            m, n = cfg.shape
-            key = (m, n, N.dtype, N.device)
-            if getattr(self, "_ones_key", None) != key:
-                self._ones = (N.new_ones(m, 1), N.new_ones(n, 1))
-                self._ones_key = key
-            ue = torch.cat([(self.mu + self.bu)[:, None], self._ones[0]], 1)
-            ve = torch.cat([self._ones[1], self.bi[:, None]], 1)
+        ue, ve = self._bias_columns() or (None, None)
         return block_chain(N, list(self.W), act, ue, ve, wide=wide)
 
     def loss(self, obs: Observations, outs=None, nnz=None):
