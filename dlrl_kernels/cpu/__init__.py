@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("sparse_cpu.c")
-ABI = 5
+ABI = 6
 #: ranks up to this get a build specialised for their d (see sparse_cpu.c); others the generic one
 MAX_SPECIAL_D = 128
 #: below this many entries one thread does everything (thread hand-off costs ~50 µs)
@@ -144,7 +144,13 @@ def _build(d: int = 0) -> tuple[object, str]:
         getattr(so, f"dlrl_grad_rows_{suf}").argtypes = [i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr]
         getattr(so, f"dlrl_grad_cols_{suf}").argtypes = [i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr]
         getattr(so, f"dlrl_loss_grad_{suf}").argtypes = [i64, i64, i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr]
-        for f in ("residual", "grad_rows", "grad_cols", "loss_grad"):
+        getattr(so, f"dlrl_chain_cols_fwd_{suf}").argtypes = [i64, i64, i64, ptr, i64, i64, ptr, ctypes.c_int, ptr]
+        getattr(so, f"dlrl_chain_rows_{suf}").argtypes = [i64, i64, i64, i64, i64, ptr, ptr, ptr, ptr, i64, i64, ptr,
+                                                          ptr, ctypes.c_int, ptr, ptr, ptr, ctypes.c_int, ptr, ptr,
+                                                          ptr, ptr, ptr, ptr, ptr]
+        getattr(so, f"dlrl_chain_cols_bwd_{suf}").argtypes = [i64, i64, i64, ptr, i64, i64, ptr, ctypes.c_int, ptr,
+                                                              ptr, ptr, ptr]
+        for f in ("residual", "grad_rows", "grad_cols", "loss_grad", "chain_cols_fwd", "chain_rows", "chain_cols_bwd"):
             getattr(so, f"dlrl_{f}_{suf}").restype = None
     return so, ""
 
@@ -271,3 +277,104 @@ def sparse_loss_grad(U, Vt, rows, cols, values):
         return 0.5 * J.sum(), e, R, Q
     f(0, nnz, *common, R.data_ptr(), Q.data_ptr(), J.data_ptr())
     return 0.5 * J[0], e, R, Q
+
+
+#: the most extra columns (the model's bias columns: 2) the fused chain loss takes
+CHAIN_MAX_EXTRA = 8
+
+
+def _row_split(crow, parts):
+    """Row boundaries splitting the entries of a CSR row pointer into ``parts`` near-equal runs."""
+    nnz = int(crow[-1])
+    m = crow.numel() - 1
+    cuts = [0]
+    for p in range(1, parts):
+        cuts.append(max(cuts[-1], min(m, int(torch.searchsorted(crow, nnz * p // parts)))))
+    return cuts + [m]
+
+
+def chain_loss(W1, s1, N1, Mid, WI, sI, NI, ue, ve, relu, crow, cols, values, with_grad):
+    """The fused outer blocks of a DLRL chain and the sparse loss between them (see
+    ``sparse_cpu.c``, ``dlrl_chain_*``): J = ½Σe² (0-d float64) and, with ``with_grad``, the
+    unit-gradient adjoints (gW1, gN1, gMid, gWI, gNI, gue, gve) — gMid None without a middle
+    product, gue/gve None without extra columns.
+
+    W1 / WI: contiguous weights read with row/column strides ``s1`` / ``sI`` (a tall W: (d, 1);
+    a wide one read transposed: (1, c)); N1, Mid, NI: d×d; ue (m×k), ve (n×k) or None; crow:
+    the CSR row pointer of the row-sorted entries (cols, values in that order)."""
+    d = N1.shape[0]
+    lib = _lib(d)
+    if lib is None:
+        raise RuntimeError(f"the native CPU kernels are unavailable: {_state.get('why')}")
+    suf = _suffix(N1)
+    dt = N1.dtype
+    m, n = crow.numel() - 1, (WI.shape[1] if sI[0] == 1 else WI.shape[0])
+    k = 0 if ue is None else ue.shape[1]
+    if k > CHAIN_MAX_EXTRA:
+        raise ValueError(f"ue: expected at most {CHAIN_MAX_EXTRA} extra columns, got {k}")
+    W1, N1, WI, NI = W1.contiguous(), N1.contiguous(), WI.contiguous(), NI.contiguous()
+    Mid = None if Mid is None else Mid.contiguous()
+    ue = None if ue is None else ue.contiguous()
+    ve = None if ve is None else ve.contiguous()
+    cols, values, crow = cols.contiguous(), values.to(dt).contiguous(), crow.contiguous()
+
+    def p(t):
+        return 0 if t is None else t.data_ptr()
+
+    Y = torch.empty(n, d, dtype=dt)
+    fwd = getattr(lib, f"dlrl_chain_cols_fwd_{suf}")
+    two = _two_threads(values.numel())
+    if two:
+        fut = _pool().submit(fwd, n // 2, n, d, WI.data_ptr(), *sI, NI.data_ptr(), int(relu), Y.data_ptr())
+        fwd(0, n // 2, d, WI.data_ptr(), *sI, NI.data_ptr(), int(relu), Y.data_ptr())
+        fut.result()
+    else:
+        fwd(0, n, d, WI.data_ptr(), *sI, NI.data_ptr(), int(relu), Y.data_ptr())
+    parts = 2 if two else 1
+    J = torch.zeros(parts, dtype=torch.float64)
+    if with_grad:
+        Q = torch.empty(parts, n, d, dtype=dt)
+        Qe = torch.empty(parts, n, max(k, 1), dtype=dt)
+        gN1 = torch.empty(parts, d, d, dtype=dt)
+        gMid = torch.empty(parts, d, d, dtype=dt)
+        gW1 = torch.empty_like(W1)
+        gue = torch.empty(m, max(k, 1), dtype=dt)
+    else:
+        Q = Qe = gN1 = gMid = gW1 = gue = None
+    rows_f = getattr(lib, f"dlrl_chain_rows_{suf}")
+
+    def call(part, i0, i1):
+        def at(t):
+            return 0 if t is None else t[part].data_ptr()
+
+        rows_f(i0, i1, n, d, k, crow.data_ptr(), cols.data_ptr(), values.data_ptr(), W1.data_ptr(), *s1,
+               N1.data_ptr(), p(Mid), int(relu), Y.data_ptr(), p(ue), p(ve), int(with_grad), J.data_ptr() + 8 * part,
+               at(Q), at(Qe), p(gW1), at(gN1), at(gMid), p(gue))
+
+    if two:
+        cut = _row_split(crow, 2)
+        fut = _pool().submit(call, 1, cut[1], cut[2])
+        call(0, cut[0], cut[1])
+        fut.result()
+    else:
+        call(0, 0, m)
+    J = 0.5 * J.sum()
+    if not with_grad:
+        return J, None, None, None, None, None, None, None
+    if two:
+        Q, Qe, gN1, gMid = Q.sum(0), Qe.sum(0), gN1.sum(0), gMid.sum(0)
+    else:
+        Q, Qe, gN1, gMid = Q[0], Qe[0], gN1[0], gMid[0]
+    gWI = torch.empty_like(WI)
+    gNI = torch.empty(parts, d, d, dtype=dt)
+    bwd = getattr(lib, f"dlrl_chain_cols_bwd_{suf}")
+    args = (d, WI.data_ptr(), *sI, NI.data_ptr(), int(relu), Y.data_ptr(), Q.data_ptr(), gWI.data_ptr())
+    if two:
+        fut = _pool().submit(bwd, n // 2, n, *args, gNI[1].data_ptr())
+        bwd(0, n // 2, *args, gNI[0].data_ptr())
+        fut.result()
+        gNI = gNI.sum(0)
+    else:
+        bwd(0, n, *args, gNI[0].data_ptr())
+        gNI = gNI[0]
+    return (J, gW1, gN1, gMid if Mid is not None else None, gWI, gNI, gue if k else None, Qe if k else None)

@@ -25,6 +25,7 @@
  * evaluation). Indices are int64 and are range-checked by the caller.
  */
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #ifndef DLRL_D
@@ -142,6 +143,192 @@
 DLRL_KERNELS(float, f32)
 DLRL_KERNELS(double, f64)
 
+/* ---------------------------------------------------------------------------------------
+ * The fused training step's outer blocks (ops/chain_loss.py): the first and last block of
+ * the DLRL chain, the sparse loss between them and both blocks' backward, without forming
+ * U, U's gradient or any m x d / n x d intermediate in torch.
+ *
+ *   first block (rows i):  y_i = act(W1(i,:) N1)        u_i = y_i Mid  (Mid = X2...X_{I-1})
+ *   last block (cols j):   v_j = act(WI(j,:) NI)        (WI(j,:) = row j of W_I or of W_I^T)
+ *   loss:                  e = u_i.v_j + ue_i.ve_j - x_ij,  J = sum e^2 (double; caller halves)
+ *   backward (unit grad):  r_i = sum_j e v_j   (complete at the end of row i: CSR order)
+ *                          gMid += y_i^T r_i,  gy_i = (r_i Mid^T) * [y_i > 0],
+ *                          gW1(i,:) = gy_i N1^T,  gN1 += W1(i,:)^T gy_i,  gue_i = sum_j e ve_j
+ *                          q_j = sum_i e u_i  (complete after all rows: a second loop over
+ *                          columns) -> gv_j = q_j * [v_j > 0],  gWI(j,:) = gv_j NI^T,
+ *                          gNI += WI(j,:)^T gv_j,  gve_j = sum_i e ue_i
+ * W(i, s) is read as W[i*sr + s*sc] (a tall W row-major, or a wide one read transposed);
+ * the gradient gW is written with the same strides. The d x d matrices are transposed into
+ * local arrays once so that every inner loop runs over contiguous memory with trip count d.
+ */
+#define DLRL_CHAIN(T, SUF)                                                                      \
+    /* v_j = act(W(j,:) N) for j in [j0, j1): the last block's rows (n x d, row-major Y) */     \
+    void dlrl_chain_cols_fwd_##SUF(int64_t j0, int64_t j1, int64_t d_, const T *restrict W,    \
+                                   int64_t sr, int64_t sc, const T *restrict N, int relu,        \
+                                   T *restrict Y) {                                              \
+        const int64_t d = DIM(d_);                                                              \
+        ACC_DECL2(T, y);                                                                        \
+        for (int64_t j = j0; j < j1; ++j) {                                                     \
+            for (int64_t t = 0; t < d; ++t) y[t] = 0;                                           \
+            for (int64_t s = 0; s < d; ++s) {                                                   \
+                const T w = W[j * sr + s * sc];                                                 \
+                const T *restrict nr = N + s * d;                                               \
+                for (int64_t t = 0; t < d; ++t) y[t] += w * nr[t];                              \
+            }                                                                                   \
+            T *restrict out = Y + j * d;                                                        \
+            for (int64_t t = 0; t < d; ++t) out[t] = (relu && !(y[t] > 0)) ? (T)0 : y[t];       \
+        }                                                                                       \
+    }                                                                                           \
+    /* the row pass over rows [i0, i1) (entries crow[i0] .. crow[i1]); Q, Qe, gN, gMid and   \
+     * *J belong to this call (zeroed here: two threads get separate ones and the caller adds \
+     * them); gW rows and gue rows i0..i1 are written (zero for a row with no entries) */     \
+    void dlrl_chain_rows_##SUF(int64_t i0, int64_t i1, int64_t n, int64_t d_, int64_t k,      \
+                               const int64_t *restrict crow, const int64_t *restrict cols,       \
+                               const T *restrict values, const T *restrict W, int64_t sr,        \
+                               int64_t sc, const T *restrict N, const T *restrict Mid, int relu, \
+                               const T *restrict Vt, const T *restrict ue, const T *restrict ve, \
+                               int with_grad, double *restrict J, T *restrict Q, T *restrict Qe, \
+                               T *restrict gW, T *restrict gN, T *restrict gMid,                 \
+                               T *restrict gue) {                                                \
+        const int64_t d = DIM(d_);                                                              \
+        /* N^T and Mid^T: on the stack in a build for one d, else on the heap (free(0) is a no-op) */ \
+        T NT[(DLRL_D > 0 ? DLRL_D * DLRL_D : 1)], MT[(DLRL_D > 0 ? DLRL_D * DLRL_D : 1)];         \
+        T *heap = DLRL_D > 0 ? 0 : (T *)malloc((size_t)(2 * d * d + 1) * sizeof(T));             \
+        T *nt = DLRL_D > 0 ? NT : heap, *mt = DLRL_D > 0 ? MT : heap + d * d;                   \
+        for (int64_t s = 0; s < d; ++s)                                                         \
+            for (int64_t t = 0; t < d; ++t) {                                                   \
+                nt[t * d + s] = N[s * d + t];                                                   \
+                if (Mid) mt[t * d + s] = Mid[s * d + t];                                        \
+            }                                                                                   \
+        if (with_grad) {                                                                        \
+            memset(Q, 0, (size_t)(n * d) * sizeof(T));                                          \
+            if (k) memset(Qe, 0, (size_t)(n * k) * sizeof(T));                                  \
+            memset(gN, 0, (size_t)(d * d) * sizeof(T));                                         \
+            if (Mid) memset(gMid, 0, (size_t)(d * d) * sizeof(T));                              \
+        }                                                                                       \
+        ACC_DECL2(T, w);                                                                        \
+        ACC_DECL2(T, y);                                                                        \
+        ACC_DECL2(T, u);                                                                        \
+        ACC_DECL2(T, acc);                                                                      \
+        ACC_DECL2(T, gy);                                                                       \
+        ACC_DECL2(T, g);                                                                        \
+        T uex[8], acce[8];                                                                      \
+        double jj = 0.0;                                                                        \
+        for (int64_t i = i0; i < i1; ++i) {                                                     \
+            const int64_t kb = crow[i], ke = crow[i + 1];                                       \
+            if (kb == ke) {                                                                     \
+                if (with_grad) {                                                                \
+                    for (int64_t s = 0; s < d; ++s) gW[i * sr + s * sc] = 0;                    \
+                    for (int64_t c = 0; c < k; ++c) gue[i * k + c] = 0;                         \
+                }                                                                               \
+                continue;                                                                       \
+            }                                                                                   \
+            for (int64_t s = 0; s < d; ++s) w[s] = W[i * sr + s * sc];                          \
+            for (int64_t t = 0; t < d; ++t) y[t] = 0;                                           \
+            for (int64_t s = 0; s < d; ++s) {                                                   \
+                const T *restrict nr = N + s * d;                                               \
+                for (int64_t t = 0; t < d; ++t) y[t] += w[s] * nr[t];                           \
+            }                                                                                   \
+            if (relu)                                                                           \
+                for (int64_t t = 0; t < d; ++t) y[t] = y[t] > 0 ? y[t] : (T)0;                  \
+            if (Mid) {                                                                          \
+                for (int64_t t = 0; t < d; ++t) u[t] = 0;                                       \
+                for (int64_t s = 0; s < d; ++s) {                                               \
+                    const T *restrict mr = Mid + s * d;                                         \
+                    for (int64_t t = 0; t < d; ++t) u[t] += y[s] * mr[t];                       \
+                }                                                                               \
+            } else {                                                                            \
+                for (int64_t t = 0; t < d; ++t) u[t] = y[t];                                    \
+            }                                                                                   \
+            for (int64_t c = 0; c < k; ++c) { uex[c] = ue[i * k + c]; acce[c] = 0; }            \
+            for (int64_t t = 0; t < d; ++t) acc[t] = 0;                                         \
+            for (int64_t kk = kb; kk < ke; ++kk) {                                              \
+                const int64_t j = cols[kk];                                                     \
+                const T *restrict v = Vt + j * d;                                               \
+                T s = 0;                                                                        \
+                for (int64_t t = 0; t < d; ++t) s += u[t] * v[t];                               \
+                for (int64_t c = 0; c < k; ++c) s += uex[c] * ve[j * k + c];                    \
+                const T ek = s - values[kk];                                                    \
+                jj += (double)ek * (double)ek;                                                  \
+                if (with_grad) {                                                                \
+                    T *restrict q = Q + j * d;                                                  \
+                    for (int64_t t = 0; t < d; ++t) {                                           \
+                        acc[t] += ek * v[t];                                                    \
+                        q[t] += ek * u[t];                                                      \
+                    }                                                                           \
+                    for (int64_t c = 0; c < k; ++c) {                                           \
+                        acce[c] += ek * ve[j * k + c];                                          \
+                        Qe[j * k + c] += ek * uex[c];                                           \
+                    }                                                                           \
+                }                                                                               \
+            }                                                                                   \
+            if (!with_grad) continue;                                                           \
+            for (int64_t c = 0; c < k; ++c) gue[i * k + c] = acce[c];                           \
+            if (Mid) {                                                                          \
+                for (int64_t s = 0; s < d; ++s) {                                               \
+                    T *restrict gm = gMid + s * d;                                              \
+                    for (int64_t t = 0; t < d; ++t) gm[t] += y[s] * acc[t];                     \
+                }                                                                               \
+                for (int64_t s = 0; s < d; ++s) gy[s] = 0;                                      \
+                for (int64_t t = 0; t < d; ++t) {                                               \
+                    const T *restrict mr = mt + t * d;                                          \
+                    for (int64_t s = 0; s < d; ++s) gy[s] += acc[t] * mr[s];                    \
+                }                                                                               \
+            } else {                                                                            \
+                for (int64_t s = 0; s < d; ++s) gy[s] = acc[s];                                 \
+            }                                                                                   \
+            if (relu)                                                                           \
+                for (int64_t s = 0; s < d; ++s) gy[s] = y[s] > 0 ? gy[s] : (T)0;                \
+            for (int64_t s = 0; s < d; ++s) g[s] = 0;                                           \
+            for (int64_t t = 0; t < d; ++t) {                                                   \
+                const T *restrict nr = nt + t * d;                                              \
+                for (int64_t s = 0; s < d; ++s) g[s] += gy[t] * nr[s];                          \
+            }                                                                                   \
+            for (int64_t s = 0; s < d; ++s) gW[i * sr + s * sc] = g[s];                         \
+            for (int64_t s = 0; s < d; ++s) {                                                   \
+                T *restrict gn = gN + s * d;                                                    \
+                for (int64_t t = 0; t < d; ++t) gn[t] += w[s] * gy[t];                          \
+            }                                                                                   \
+        }                                                                                       \
+        *J = jj;                                                                                \
+        free(heap);                                                                             \
+    }                                                                                           \
+    /* the last block's backward over columns [j0, j1): gv_j = q_j * [v_j > 0],              \
+     * gW(j,:) = gv_j N^T, gN += W(j,:)^T gv_j (gN zeroed here) */                             \
+    void dlrl_chain_cols_bwd_##SUF(int64_t j0, int64_t j1, int64_t d_, const T *restrict W,    \
+                                   int64_t sr, int64_t sc, const T *restrict N, int relu,        \
+                                   const T *restrict Y, const T *restrict Q, T *restrict gW,     \
+                                   T *restrict gN) {                                             \
+        const int64_t d = DIM(d_);                                                              \
+        T NT[(DLRL_D > 0 ? DLRL_D * DLRL_D : 1)];                                               \
+        T *nt = DLRL_D > 0 ? NT : (T *)malloc((size_t)(d * d + 1) * sizeof(T));                 \
+        for (int64_t s = 0; s < d; ++s)                                                         \
+            for (int64_t t = 0; t < d; ++t) nt[t * d + s] = N[s * d + t];                       \
+        memset(gN, 0, (size_t)(d * d) * sizeof(T));                                             \
+        ACC_DECL2(T, w);                                                                        \
+        ACC_DECL2(T, gv);                                                                       \
+        ACC_DECL2(T, g);                                                                        \
+        for (int64_t j = j0; j < j1; ++j) {                                                     \
+            const T *restrict q = Q + j * d;                                                    \
+            const T *restrict v = Y + j * d;                                                    \
+            for (int64_t t = 0; t < d; ++t) gv[t] = (relu && !(v[t] > 0)) ? (T)0 : q[t];         \
+            for (int64_t s = 0; s < d; ++s) { w[s] = W[j * sr + s * sc]; g[s] = 0; }             \
+            for (int64_t t = 0; t < d; ++t) {                                                   \
+                const T *restrict nr = nt + t * d;                                              \
+                for (int64_t s = 0; s < d; ++s) g[s] += gv[t] * nr[s];                          \
+            }                                                                                   \
+            for (int64_t s = 0; s < d; ++s) gW[j * sr + s * sc] = g[s];                         \
+            for (int64_t s = 0; s < d; ++s) {                                                   \
+                T *restrict gn = gN + s * d;                                                    \
+                for (int64_t t = 0; t < d; ++t) gn[t] += w[s] * gv[t];                          \
+            }                                                                                   \
+        }                                                                                       \
+        if (DLRL_D == 0) free(nt);                                                              \
+    }
+
+DLRL_CHAIN(float, f32)
+DLRL_CHAIN(double, f64)
+
 /* the ABI version the loader checks (bump on any signature change), and the d of this build */
-int dlrl_native_abi(void) { return 5; }
+int dlrl_native_abi(void) { return 6; }
 int dlrl_native_dim(void) { return DLRL_D; }

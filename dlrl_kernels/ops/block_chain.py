@@ -82,6 +82,29 @@ def _forward(N: Tensor, Ws: Sequence[Tensor], wide, u_extra: Optional[Tensor], v
     return U, Vt, Ys
 
 
+def middle_backward(Xm: Sequence[Tensor], mids: Sequence[Tensor], gM: Tensor) -> List[Tensor]:
+    """Ḡ of each middle factor X̂_2, …, X̂_{I−1} from Ḡ of their product M = mids[−1]
+    (``mids = middle_products``): M = mids[j−1] X̂_{j+2} ⋯, walked from the right carrying Ḡ
+    of the prefix."""
+    gX: List[Optional[Tensor]] = [None] * len(Xm)
+    for j in range(len(mids) - 1, -1, -1):
+        if j == 0:
+            gX[0] = gM
+        else:
+            gX[j] = mids[j - 1].transpose(-1, -2) @ gM
+            gM = gM @ Xm[j].transpose(-1, -2)
+    return gX
+
+
+def block_backward(W: Tensor, Nk: Tensor, Y: Tensor, gX: Tensor, wide: bool, activation: str):
+    """(Ḡ_W, Ḡ_N) of one block Y = act(W N) (or act(Wᵀ N) when wide, X̂ = Yᵀ) for Ḡ of X̂."""
+    gY = gX.transpose(-1, -2) if wide else gX  # in Y's orientation
+    gT = torch.where(Y > 0, gY, torch.zeros((), dtype=gY.dtype, device=gY.device)) if activation == "relu" else gY
+    if wide:  # T = Wᵀ N
+        return (gT @ Nk.transpose(-1, -2)).transpose(-1, -2), W @ gT
+    return gT @ Nk.transpose(-1, -2), W.transpose(-1, -2) @ gT
+
+
 def _backward_core(N, Ws, wide, Ys, activation, gU, gVt, n_extra):
     """(Ḡ_N, [Ḡ_W], Ḡ_u_extra, Ḡ_v_extra) for incoming Ḡ_{U'}, Ḡ_{V'ᵀ} (None = zero)."""
     d = N.shape[-1]
@@ -95,33 +118,16 @@ def _backward_core(N, Ws, wide, Ys, activation, gU, gVt, n_extra):
     gU, gVt = gU[:, :d], gVt[:, :d]
     Xs = _natural(Ys, wide)
     mids = middle_products(Xs)  # only the d×d products: U and the Vᵀ copy are not needed here
-    gX: List[Optional[Tensor]] = [None] * I
     if mids:
-        gX[0] = gU @ mids[-1].transpose(-1, -2)
-        gM = Xs[0].transpose(-1, -2) @ gU  # Ḡ of M = X̂_2⋯X̂_{I−1}
-        # M = mids[j−1] X̂_{j+1} ⋯ : walk from the right, carrying Ḡ of the prefix mids[j]
-        for j in range(len(mids) - 1, -1, -1):
-            Xj = Xs[j + 1]
-            if j == 0:
-                gX[1] = gM
-            else:
-                gX[j + 1] = mids[j - 1].transpose(-1, -2) @ gM
-                gM = gM @ Xj.transpose(-1, -2)
+        gX = [gU @ mids[-1].transpose(-1, -2)] + middle_backward(Xs[1:-1], mids, Xs[0].transpose(-1, -2) @ gU)
     else:
-        gX[0] = gU
-    gX[I - 1] = gVt.transpose(-1, -2)
+        gX = [gU]
+    gX.append(gVt.transpose(-1, -2))
     gN = torch.empty_like(N)
     gWs = []
     for k, (W, Y) in enumerate(zip(Ws, Ys)):
-        gY = gX[k].transpose(-1, -2) if wide[k] else gX[k]  # in Y's orientation
-        gT = torch.where(Y > 0, gY, torch.zeros((), dtype=gY.dtype, device=gY.device)) if activation == "relu" else gY
-        Nk = N[k]
-        if wide[k]:  # T = Wᵀ N
-            gWs.append((gT @ Nk.transpose(-1, -2)).transpose(-1, -2))
-            gN[k] = W @ gT
-        else:  # T = W N
-            gWs.append(gT @ Nk.transpose(-1, -2))
-            gN[k] = W.transpose(-1, -2) @ gT
+        gW, gN[k] = block_backward(W, N[k], Y, gX[k], wide[k], activation)
+        gWs.append(gW)
     return gN, gWs, gu, gv
 
 

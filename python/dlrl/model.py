@@ -54,6 +54,7 @@ from __future__ import annotations
 
 from pathlib import Path
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Optional, Sequence
@@ -661,13 +662,9 @@ class DLRL(nn.Module):
         return (torch.cat([(self.mu + self.bu)[:, None], self._ones[0]], 1),
                 torch.cat([self._ones[1], self.bi[:, None]], 1))
 
-    def _chain_factors(self):
-        """(U', V'ᵀ) of the product of every block's output, biases as extra columns — the
-        operators N_k (``block_operators``) and then one ``dk.block_chain`` node for all the W
-        products, activations, the chain and the bias columns (same values as
-        ``_outer(block_outputs())``, a fraction of the autograd nodes: see block_chain's doc)."""
-        from dlrl_kernels.ops.block_chain import block_chain
-
+    def _chain_layout(self):
+        """(N, wide, u_extra, v_extra, activation): the operators and how ``block_chain`` /
+        ``chain_loss_sparse`` apply them (the published code's orientation rule, or the short side)."""
         cfg = self.config
         N = self.block_operators()
         d = N.shape[-1]
@@ -675,6 +672,25 @@ class DLRL(nn.Module):
         wide = [self._transposed(k) for k in range(cfg.blocks)] if cfg.mode == "published" else \
             [W.shape[-1] != d for W in self.W]
         ue, ve = self._bias_columns() or (None, None)
+        return N, wide, ue, ve, act
+
+    def _fusable(self, layout):
+        """Whether the fused loss op applies to ``layout`` (a tall first and a wide last weight:
+        every layout but tiny problems'). Off with ``DLRL_FUSED=0`` (for A/B timing)."""
+        if os.environ.get("DLRL_FUSED", "1") == "0":
+            return False
+        from dlrl_kernels.ops.chain_loss import fusable
+
+        return fusable(layout[0], self.W, layout[1], layout[2])
+
+    def _chain_factors(self, layout=None):
+        """(U', V'ᵀ) of the product of every block's output, biases as extra columns — the
+        operators N_k (``block_operators``) and then one ``dk.block_chain`` node for all the W
+        products, activations, the chain and the bias columns (same values as
+        ``_outer(block_outputs())``, a fraction of the autograd nodes: see block_chain's doc)."""
+        from dlrl_kernels.ops.block_chain import block_chain
+
+        N, wide, ue, ve, act = self._chain_layout() if layout is None else layout
         return block_chain(N, list(self.W), act, ue, ve, wide=wide)
 
     def loss(self, obs: Observations, outs=None, nnz=None):
@@ -695,9 +711,19 @@ class DLRL(nn.Module):
             from dlrl_kernels.ops import masked_residual_sparse as _mrs
 
             be = _mrs.TABLE_LOSS.resolve(cfg.backend, obs.values.device, triton_ok=True, cuda_ok=True)[0]
-            U, Vt = self._chain_factors() if chain else self._outer(outs)
-            J = _mrs.loss_op(U, Vt, obs.rows, obs.cols, obs.values, be, _mrs.wants_grad(U, Vt), pat.crow, pat.ccol,
-                             pat.col_order, pat.rows_by_col)[0]
+            layout = self._chain_layout() if chain else None
+            if layout is not None and self._fusable(layout):
+                # one node from the operators to J: the outer blocks, the loss and their backward
+                # in one native pass on the CPU (ops/chain_loss.py)
+                from dlrl_kernels.ops.chain_loss import chain_loss_op
+
+                N, wide, ue, ve, act = layout
+                J = chain_loss_op(N, list(self.W), wide, ue, ve, act, obs.rows, obs.cols, obs.values, be,
+                                  _mrs.wants_grad(N, *self.W), pat.crow, pat.ccol, pat.col_order, pat.rows_by_col)[0]
+            else:
+                U, Vt = self._chain_factors(layout) if chain else self._outer(outs)
+                J = _mrs.loss_op(U, Vt, obs.rows, obs.cols, obs.values, be, _mrs.wants_grad(U, Vt), pat.crow,
+                                 pat.ccol, pat.col_order, pat.rows_by_col)[0]
         elif not cfg.bias:
             e = self._sparse_residual(outs, obs, "masked_loss_sparse")
             J = 0.5 * torch.dot(e, e)
