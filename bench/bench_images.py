@@ -6,6 +6,8 @@
     python bench/bench_images.py --validation          # also the validation table behind the defaults
     python bench/bench_images.py --only-validation     # add only that table to the existing --out JSON
     python bench/bench_images.py --ensemble-check --size 150   # add the ensemble-size check (outer pixels)
+    python bench/bench_images.py --outer-check --out bench/results/images_outer.json   # layouts / ensembles
+    python bench/bench_images.py --tables-from bench/results/images_outer.json   # the rows, keeping that table
     python bench/bench_images.py --quick --out /tmp/i.json --md /tmp/i.md   # a smoke test (seconds)
 
 Data: /work/shared/data/images re1.jpg ... re6.jpg (or ``--images``), each with
@@ -14,9 +16,10 @@ Data: /work/shared/data/images re1.jpg ... re6.jpg (or ``--images``), each with
 - ``text``: the shared ``text_mask.bmp`` (a pixel is missing where the mask is not white).
 
 Methods (the same image, mask and metric -- PSNR over the missing pixels, every channel):
-- ``dlrl``: :func:`dlrl.images.inpaint` with its defaults (``INPAINT_DEFAULTS``: 4×4×3 patches
-  as columns, the mean of 4 DLRL fits, each stopped early on its own 10 % of the *observed*
-  pixels, whole pixels held back). No choice sees the missing pixels. ``val_psnr`` is the
+- ``dlrl``: :func:`dlrl.images.inpaint` with its defaults (``INPAINT_DEFAULTS``: layout
+  ``"mixed"``, the weighted mean of 12 DLRL fits -- ``MIXED_PLAN``: 4 on 8×8×3 patches as columns,
+  4 on 4×4×3, 2 on 6×6×3, 2 on the channels side by side -- each stopped early on its own 10 % of
+  the *observed* pixels, whole pixels held back). No choice sees the missing pixels. ``val_psnr`` is the
   members' mean validation PSNR -- the honest estimate of one member's missing-pixel PSNR.
 - ``soft_impute``: Soft-Impute along a path of 20 lambdas (lambda_max down to 1e-3·lambda_max,
   warm-started, 100 iterations each), on the channels-side-by-side matrix (H × 3W) and on the
@@ -24,14 +27,20 @@ Methods (the same image, mask and metric -- PSNR over the missing pixels, every 
   lambda chosen *on the truth* (an oracle that favours Soft-Impute), and the path's last
   (smallest-lambda) value, which is the library default's end point.
 
+With ``--outer-check``: the table behind ``layout="mixed"``, ``models=12`` and the seen-share
+weighting -- an outer set of observed pixels shaped like the mask is held back, each member of
+``MIXED_PLAN`` is fitted once on the rest, ensembles (subsets, combine rules) are scored on the
+outer pixels; the truth is not used.
+
 With ``--validation``: the held-back validation RMSE (fold 0, whole pixels, no ensemble) of a
 few settings per image on the random mask -- how INPAINT_DEFAULTS were chosen (truth unused).
 
 Results: ``bench/results/images_cpu.json`` (rows written as they finish, atomically) and the
 markdown fragment ``bench/results/images.md`` generated from it. The committed JSON came from
-the plain run (rows), ``--ensemble-check --size 150`` (its ``ensemble`` key) and the validation
-table of an ``--only-validation`` run made before them (its ``validation`` key, merged in;
-the code paths it used are unchanged since).
+the plain run (rows, ``--tables-from bench/results/images_outer.json``), which keeps the extra tables
+already in the file: ``outer_check`` (from ``--outer-check``, also in ``images_outer.json``),
+``ensemble`` (``--ensemble-check --size 150``, measured with the previous default, 4×4 patches
+only) and ``validation`` (an ``--only-validation`` run, one fit per setting).
 """
 from __future__ import annotations
 
@@ -154,13 +163,93 @@ def ensemble_check(names, size, extra, models=(1, 2, 4)):
     return out
 
 
+#: ensembles compared by --outer-check: name -> (indices into MIXED_PLAN, combine rule)
+OUTER_COMBOS = {
+    "4×4 ×4, threshold (old default)": ([1, 5, 7, 11], "threshold"),
+    "4×4 ×4": ([1, 5, 7, 11], "seen"),
+    "8×8 ×4": ([0, 4, 6, 10], "seen"),
+    "channels ×2": ([2, 8], "seen"),
+    "mixed, first 4": ([0, 1, 2, 3], "seen"),
+    "mixed, first 8": (list(range(8)), "seen"),
+    "mixed 12, threshold": (list(range(12)), "threshold"),
+    "mixed 12 (default)": (list(range(12)), "seen"),
+}
+
+
+#: result keys of the extra tables, kept when the comparison rows are rerun
+TABLE_KEYS = ("validation", "ensemble", "outer_check")
+
+
+def outer_holdout(obs, mask):
+    """Observed pixels held back from the whole ensemble, shaped like the task: ``random`` -- 10 %
+    of the observed pixels at random; ``text`` -- the missing pattern (whole strokes) shifted by
+    (H/2 + 17, W/3) onto observed pixels (between the text lines, about 11 % of the pixels)."""
+    h, w = obs.shape
+    if mask == "random":
+        idx = obs.reshape(-1).nonzero().reshape(-1)
+        sel = idx[torch.randperm(idx.numel(), generator=torch.Generator().manual_seed(123))[: idx.numel() // 10]]
+        out = torch.zeros(h * w, dtype=torch.bool)
+        out[sel] = True
+        return out.reshape(h, w)
+    return torch.roll(~obs, (h // 2 + 17, w // 3), dims=(0, 1)) & obs
+
+
+def outer_check(a, extra):
+    """The ensembles of OUTER_COMBOS judged without the truth: ``outer_holdout`` pixels are held
+    back, every member of MIXED_PLAN is fitted once on the rest exactly as ``inpaint`` (seed 0)
+    fits it (its own inner fold, seed, early stopping), and each ensemble is scored on the outer
+    pixels (PSNR in dB over those pixels, all channels)."""
+    out, members = {}, {}
+    cfg = {**im.INPAINT_DEFAULTS, **{k: v for k, v in extra.items() if k in im.INPAINT_DEFAULTS}}
+    for name, mask, img, obs in cases(a):
+        h, w, c = img.shape
+        held = outer_holdout(obs, mask)
+        inner2d = obs & ~held
+        inner = inner2d[:, :, None].expand(h, w, c).contiguous()
+        folds = im._pixel_folds(inner2d, im.INPAINT_FOLDS, 0)
+        vals = img[inner]
+        lo, hi = float(vals.min()), float(vals.max())
+        target = (img - lo) / (hi - lo)
+        plan = im._member_plan(cfg, h, w)
+        preds, seens, info = [], [], []
+        for k, (lay, pat, off) in enumerate(plan):
+            t, c0 = time.perf_counter(), time.process_time()
+            P, seen, best, hist = im._fit_member(target, inner, folds[k % len(folds)], lay, pat, off, cfg, seed=k)
+            preds.append(P * (hi - lo) + lo)
+            seens.append(seen)
+            rec = torch.where(inner, img, preds[-1].clamp(0, 255))
+            info.append({"layout": lay, "patch": pat, "offset": list(off), "epochs_run": len(hist),
+                         "inner_val_psnr": 20 * math.log10(255.0 / (best * (hi - lo))),
+                         "outer_psnr": im.psnr_missing(rec, img, ~held),
+                         "seconds": time.perf_counter() - t, "cpu_seconds": time.process_time() - c0})
+        key = f"{name} {mask}"
+        out[key] = {}
+        for label, (idx, rule) in OUTER_COMBOS.items():
+            P = im._combine([preds[i] for i in idx], [seens[i] for i in idx], rule)
+            out[key][label] = im.psnr_missing(torch.where(inner, img, P.clamp(0, 255)), img, ~held)
+        members[key] = info
+        print(key, {k: round(v, 2) for k, v in out[key].items()},
+              f"{sum(m['seconds'] for m in info):.0f} s", flush=True)
+    return out, members
+
+
+def _dlrl_note(res):
+    d = res.get("inpaint_defaults", {})
+    if d.get("layout") == "mixed":
+        return (f"layout 'mixed': the weighted mean of {d.get('models')} fits -- 4 on 8×8×3 patches as columns, "
+                "4 on 4×4×3, 2 on 6×6×3 (grids shifted between members) and 2 on the channels side by side (H×3W) -- "
+                "each stopped early on its own 10 % of the *observed* pixels, each pixel weighted by the share of its "
+                "column the member saw")
+    return (f"layout {d.get('layout')!r}, {d.get('patch')}×{d.get('patch')}×3 patches as columns, the mean of "
+            f"{d.get('models')} fits, each stopped early on its own 10 % of the *observed* pixels")
+
+
 def to_markdown(res):
     rows = res["rows"]
     m = res["machine"]
     out = ["<!-- generated by bench/bench_images.py from images_cpu.json; do not edit by hand -->", "",
            "### Image inpainting (missing-pixel PSNR, dB)", "",
-           f"DLRL: `dlrl.images.inpaint` defaults (4×4×3 patches as columns, the mean of 4 fits, each stopped "
-           f"early on its own 10 % of the *observed* pixels; the truth is never used; 'DLRL val' = the members' mean "
+           f"DLRL: `dlrl.images.inpaint` defaults ({_dlrl_note(res)}; the truth is never used; 'DLRL val' = the members' mean "
            f"validation PSNR on their held-back random pixels: a fair estimate for the random mask, optimistic for "
            f"the text mask, whose strokes are harder than random pixels -- `holdout='mask'` gives the honest one). "
            f"Soft-Impute: the best lambda of a 20-value path chosen *on the "
@@ -186,18 +275,39 @@ def to_markdown(res):
     ens = res.get("ensemble")
     if ens:
         names = list(next(iter(ens.values())).keys())
-        out += ["", "#### Ensemble size, judged on held-back observed pixels (an outer 10 % of the observed pixels "
+        out += ["", "#### Ensemble size, judged on held-back observed pixels (measured with the previous default, "
+                    "4×4 patches only; an outer 10 % of the observed pixels "
                     "held back from `inpaint`, random mask; PSNR on those pixels in dB; the truth is not used; "
                     "astronaut 128 px, re1-re6 at "
                     f"{res.get('ensemble_size_note', 'the size given')})", "",
                 "| image | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
         for img, d in ens.items():
             out.append(f"| {img} | " + " | ".join(f"{d[k]:.2f}" for k in names) + " |")
+    oc = res.get("outer_check")
+    if oc:
+        names = list(next(iter(oc.values())).keys())
+        out += ["", "#### Layouts and ensembles, judged on held-back observed pixels (the table behind `layout='mixed'`, "
+                    "`models=12` and the seen-share weighting)", "",
+                "An outer set of *observed* pixels is held back from the ensemble (random mask: 10 % of the observed "
+                "pixels at random; text mask: the text strokes shifted onto observed pixels between the lines, whole "
+                "strokes -- about 11 % of the pixels); every member of `MIXED_PLAN` is fitted once on the rest as "
+                "`inpaint` fits it, and each ensemble is scored on the outer pixels (PSNR in dB; the truth is not "
+                "used). '4×4 ×4, threshold' is the previous default (4×4 patches, 4 shifted grids, a member counting "
+                "fully where it saw ≥ 25 % of the patch); 'seen' weighting = each member's pixel weighted by the share "
+                f"of its column it saw. Images {res.get('outer_check_size_note', '300 px')}; "
+                f"{res.get('outer_check_seconds_note', '')}", "",
+                "| case | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        for case, d in oc.items():
+            out.append(f"| {case} | " + " | ".join(f"{d[k]:.2f}" for k in names) + " |")
+        for sel, lab in (("text", "mean, text"), ("random", "mean, random"), ("", "mean, all")):
+            ds = [d for case, d in oc.items() if case.endswith(sel)]
+            out.append(f"| {lab} | " + " | ".join(f"{sum(d[k] for d in ds) / len(ds):.2f}" for k in names) + " |")
     val = res.get("validation")
     if val:
         names = list(next(iter(val.values())).keys())
-        out += ["", "#### Validation table behind the defaults (random mask; held-back fold 0, whole pixels, one "
-                    "fit; validation PSNR in dB, higher is better; the truth is not used)", "",
+        out += ["", "#### Validation table behind rank / blocks / biases (random mask; held-back fold 0, whole "
+                    "pixels, one fit on 4×4 patches unless said; 'default' = the previous default; validation PSNR in "
+                    "dB, higher is better; the truth is not used)", "",
                 "| image | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
         for img, d in val.items():
             out.append(f"| {img} | " + " | ".join(f"{d[k]:.2f}" for k in names) + " |")
@@ -216,6 +326,10 @@ def main(argv=None):
                     help="only the validation table (into --out; the comparison rows are not run)")
     ap.add_argument("--ensemble-check", action="store_true",
                     help="only the outer-validation check of the ensemble size (into --out's 'ensemble' key)")
+    ap.add_argument("--outer-check", action="store_true",
+                    help="only the outer-validation table of layouts / ensembles (into --out's 'outer_check' key)")
+    ap.add_argument("--tables-from", nargs="*", default=[], metavar="JSON",
+                    help="copy the extra tables (validation, ensemble, outer_check) from these result files")
     ap.add_argument("--quick", action="store_true", help="re1 at 48 px, few epochs (a smoke test)")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "images_cpu.json"))
     ap.add_argument("--md", default=str(REPO / "bench" / "results" / "images.md"))
@@ -240,12 +354,31 @@ def main(argv=None):
         atomic_write_text(a.md, to_markdown(res))
         print(f"wrote {a.out} and {a.md}")
         return 0
+    if a.outer_check:
+        res = json.loads(Path(a.out).read_text()) if Path(a.out).is_file() else res
+        t = time.perf_counter()
+        res["outer_check"], res["outer_check_members"] = outer_check(a, extra)
+        secs = sum(m["seconds"] for ms in res["outer_check_members"].values() for m in ms)
+        res["outer_check_size_note"] = f"{a.size} px" if a.size else "300 px"
+        res["outer_check_seconds_note"] = (f"12 member fits per case, {secs:.0f} s in all at 1 thread "
+                                           f"({time.strftime('%Y-%m-%d %H:%M %Z')}, a shared 2-core machine).")
+        res["outer_check_wall_s"] = time.perf_counter() - t
+        atomic_write_text(a.out, json.dumps(res, indent=2))
+        atomic_write_text(a.md, to_markdown(res))
+        print(f"wrote {a.out} and {a.md}")
+        return 0
     if a.only_validation:  # added to the rows already in --out (if any), which are kept
         a.validation = True
         a.masks = []
         if Path(a.out).is_file():
             old = json.loads(Path(a.out).read_text())
             res = {**old, "validation_machine": res["machine"], "validation_date": res["date"]}
+    # the extra tables (--validation, --ensemble-check, --outer-check) of --out and of --tables-from
+    # are kept: a plain run replaces only the comparison rows
+    for src in [a.out] * (not a.only_validation) + list(a.tables_from):
+        if Path(src).is_file():
+            old = json.loads(Path(src).read_text())
+            res.update({k: v for k, v in old.items() if k.startswith(TABLE_KEYS)})
     done = set()
     if a.resume and Path(a.out).is_file():
         old = json.loads(Path(a.out).read_text())

@@ -310,9 +310,32 @@ def test_inpaint_never_reads_the_missing_pixels():
     assert psnr_missing(rec, img, obs) > 15  # a smooth image comes back roughly
     assert rep["models_run"] == 2 and len(rep["members"]) == 2
     m = rep["members"]
-    assert [x["offset"] for x in m] == [[0, 0], [2, 2]]  # the patch grid moves between members
+    # the default ensemble mixes layouts: MIXED_PLAN's first two members, 8×8 then 4×4 patches
+    assert [(x["layout"], x["patch"]) for x in m] == [("patches", 8), ("patches", 4)]
     assert all(math.isfinite(x["val_psnr"]) and x["epochs_run"] <= 30 for x in m)
     assert rep["history"] and "val_rmse" in rep["history"][0]
+    # one patch layout: the patch grid moves between members
+    _, rep = inpaint(img, obs, return_report=True, **{**kw, "patch": 4})
+    assert rep["settings"]["layout"] == "patches"
+    assert [x["offset"] for x in rep["members"]] == [[0, 0], [2, 2]]
+
+
+def test_inpaint_mixed_plan_on_a_small_image():
+    """The mixed ensemble on an image smaller than its largest patch: patch sides shrink to the
+    image, offsets stay inside the patch, the channels members are there, more members than
+    validation folds reuse the folds."""
+    from dlrl.images import INPAINT_FOLDS, MIXED_PLAN, _member_plan, inpaint
+
+    plan = _member_plan({"layout": "mixed", "patch": 4}, 6, 5)
+    assert len(plan) == len(MIXED_PLAN) and {lay for lay, _, _ in plan} == {"patches", "channels"}
+    assert all(p <= 5 and all(0 <= o < p for o in off) for lay, p, off in plan if lay == "patches")
+    img = _smooth_image(6, 5)
+    obs = random_mask(img.shape[:2], missing=0.3, seed=3)
+    rec, rep = inpaint(img, obs, models=INPAINT_FOLDS + 1, epochs=2, rank=2, return_report=True)
+    assert rec.shape == img.shape and torch.isfinite(rec).all()
+    folds = [x["fold"] for x in rep["members"]]
+    assert max(folds) < INPAINT_FOLDS and folds[-1] in folds[:-1]  # member 11 reuses a fold
+    assert "channels" in {x["layout"] for x in rep["members"]}
 
 
 def test_inpaint_holds_back_whole_pixels():
@@ -364,7 +387,7 @@ def test_inpaint_errors():
     with pytest.raises(ValueError, match="layout"):
         inpaint(img, obs, layout="rows")
     with pytest.raises(ValueError, match="models"):
-        inpaint(img, obs, models=11)
+        inpaint(img, obs, models=0)
     with pytest.raises(ValueError, match="observed"):
         inpaint(img, obs[:4])
     with pytest.raises(ValueError, match="observed"):
@@ -375,7 +398,7 @@ def test_inpaint_errors():
         inpaint(img, obs, holdout="stripes")
 
 
-def test_combine_skips_members_that_never_saw_the_patch():
+def test_combine_weights_members_by_what_they_saw():
     from dlrl.images import MIN_SEEN, _combine
 
     a = torch.full((2, 2, 1), 10.0, dtype=torch.float64)
@@ -383,11 +406,19 @@ def test_combine_skips_members_that_never_saw_the_patch():
     seen_a = torch.full_like(a, 1.0)
     seen_b = torch.full_like(b, 1.0)
     seen_b[0, 0] = 0.0  # member b's patch at (0, 0) had nothing observed
-    out = _combine([a, b], [seen_a, seen_b])
-    assert out[0, 0, 0] == 10.0 and out[1, 1, 0] == 30.0
-    # nobody saw (0, 0) enough: the seen-weighted mean; nobody saw it at all: the plain mean
+    seen_b[1, 0] = 0.25  # a quarter of it
+    for rule in ("seen", "threshold"):
+        out = _combine([a, b], [seen_a, seen_b], rule)
+        assert out[0, 0, 0] == 10.0 and out[1, 1, 0] == 30.0
+    # the default rule weights by the seen share: (1 * 10 + 0.25 * 50) / 1.25
+    assert torch.isclose(_combine([a, b], [seen_a, seen_b])[1, 0, 0], torch.tensor(18.0, dtype=torch.float64))
+    assert _combine([a, b], [seen_a, seen_b], "threshold")[1, 0, 0] == 30.0  # 0.25 counts fully there
+    # "threshold": nobody saw (0, 0) enough: the seen-weighted mean; nobody saw it at all: the plain mean
     low = torch.full_like(a, MIN_SEEN / 2)
-    out = _combine([a, b], [low, 2 * low * 0.5])
+    out = _combine([a, b], [low, 2 * low * 0.5], "threshold")
     assert torch.allclose(out, torch.full_like(a, 30.0))
     zero = torch.zeros_like(a)
-    assert torch.allclose(_combine([a, b], [zero, zero]), torch.full_like(a, 30.0))
+    for rule in ("seen", "threshold"):
+        assert torch.allclose(_combine([a, b], [zero, zero], rule), torch.full_like(a, 30.0))
+    with pytest.raises(ValueError, match="rule"):
+        _combine([a, b], [zero, zero], "max")
