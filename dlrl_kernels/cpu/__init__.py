@@ -150,8 +150,13 @@ def _build(d: int = 0) -> tuple[object, str]:
                                                           ptr, ptr, ptr, ptr, ptr]
         getattr(so, f"dlrl_chain_cols_bwd_{suf}").argtypes = [i64, i64, i64, ptr, i64, i64, ptr, ctypes.c_int, ptr,
                                                               ptr, ptr, ptr]
-        for f in ("residual", "grad_rows", "grad_cols", "loss_grad", "chain_cols_fwd", "chain_rows", "chain_cols_bwd"):
+        getattr(so, f"dlrl_chain_mid_fwd_{suf}").argtypes = [i64, i64, ptr, ptr, ptr, ctypes.c_int, ptr, ptr, ptr]
+        getattr(so, f"dlrl_chain_mid_bwd_{suf}").argtypes = [i64, i64, ptr, ptr, ptr, ctypes.c_int, ptr, ptr, ptr, ptr,
+                                                             ptr, ptr]
+        for f in ("residual", "grad_rows", "grad_cols", "loss_grad", "chain_cols_fwd", "chain_mid_fwd"):
             getattr(so, f"dlrl_{f}_{suf}").restype = None
+        for f in ("chain_rows", "chain_cols_bwd", "chain_mid_bwd"):
+            getattr(so, f"dlrl_{f}_{suf}").restype = ctypes.c_int
     return so, ""
 
 
@@ -293,27 +298,36 @@ def _row_split(crow, parts):
     return cuts + [m]
 
 
-def chain_loss(W1, s1, N1, Mid, WI, sI, NI, ue, ve, relu, crow, cols, values, with_grad):
-    """The fused outer blocks of a DLRL chain and the sparse loss between them (see
-    ``sparse_cpu.c``, ``dlrl_chain_*``): J = ½Σe² (0-d float64) and, with ``with_grad``, the
-    unit-gradient adjoints (gW1, gN1, gMid, gWI, gNI, gue, gve) — gMid None without a middle
-    product, gue/gve None without extra columns.
+def _ok(status, what):
+    if status != 0:
+        raise MemoryError(f"dlrl_kernels.cpu: {what}: the kernel could not allocate its d×d scratch memory")
 
-    W1 / WI: contiguous weights read with row/column strides ``s1`` / ``sI`` (a tall W: (d, 1);
-    a wide one read transposed: (1, c)); N1, Mid, NI: d×d; ue (m×k), ve (n×k) or None; crow:
-    the CSR row pointer of the row-sorted entries (cols, values in that order)."""
-    d = N1.shape[0]
+
+def chain_loss(N, Ws, wide, ue, ve, relu, crow, cols, values, with_grad):
+    """The whole ``dlrl::chain_loss_sparse`` (ops/chain_loss.py) on the CPU: the middle blocks and
+    their product, the outer blocks with the sparse loss between them, and — with
+    ``with_grad`` — every adjoint for a unit incoming gradient (``sparse_cpu.c``,
+    ``dlrl_chain_*``). Returns (J, gN, gW, gue, gve): J = ½Σe² (0-d float64); gN like N;
+    gW every weight's gradient flattened and concatenated in order; gue / gve (m×k, n×k) or
+    None without extra columns; the gradients None without ``with_grad``.
+
+    N: (I, d, d); Ws: a tall first weight (m×d), d×d middles, a wide last weight (d×n) — the
+    layouts ``chain_loss.fusable`` accepts; wide: I flags (the middles'); ue, ve: extra columns
+    or None; crow: the CSR row pointer of the row-sorted entries (cols, values in that order)."""
+    I = len(Ws)
+    d = N.shape[-1]
     lib = _lib(d)
     if lib is None:
         raise RuntimeError(f"the native CPU kernels are unavailable: {_state.get('why')}")
-    suf = _suffix(N1)
-    dt = N1.dtype
-    m, n = crow.numel() - 1, (WI.shape[1] if sI[0] == 1 else WI.shape[0])
+    suf = _suffix(N)
+    dt = N.dtype
+    m, n = Ws[0].shape[0], Ws[-1].shape[1]
+    I2, dd = I - 2, d * d
     k = 0 if ue is None else ue.shape[1]
     if k > CHAIN_MAX_EXTRA:
         raise ValueError(f"ue: expected at most {CHAIN_MAX_EXTRA} extra columns, got {k}")
-    W1, N1, WI, NI = W1.contiguous(), N1.contiguous(), WI.contiguous(), NI.contiguous()
-    Mid = None if Mid is None else Mid.contiguous()
+    N = N.contiguous()
+    W1, WI = Ws[0].contiguous(), Ws[-1].contiguous()
     ue = None if ue is None else ue.contiguous()
     ve = None if ve is None else ve.contiguous()
     cols, values, crow = cols.contiguous(), values.to(dt).contiguous(), crow.contiguous()
@@ -321,60 +335,79 @@ def chain_loss(W1, s1, N1, Mid, WI, sI, NI, ue, ve, relu, crow, cols, values, wi
     def p(t):
         return 0 if t is None else t.data_ptr()
 
+    esz = N.element_size()
+    # the middle blocks: Y, X (natural orientation) and the running products, one allocation
+    Mid = None
+    if I2 > 0:
+        Wm = torch.stack(list(Ws[1:I - 1])) if I2 > 1 else Ws[1].contiguous()
+        flags = (ctypes.c_int64 * I2)(*(int(w) for w in wide[1:I - 1]))
+        mid = torch.empty(3, I2, d, d, dtype=dt)
+        Nm = N.data_ptr() + dd * esz
+        getattr(lib, f"dlrl_chain_mid_fwd_{suf}")(I2, d, Wm.data_ptr(), Nm, flags, int(relu), mid[0].data_ptr(),
+                                                   mid[1].data_ptr(), mid[2].data_ptr())
+        Mid = mid[2, I2 - 1]
     Y = torch.empty(n, d, dtype=dt)
     fwd = getattr(lib, f"dlrl_chain_cols_fwd_{suf}")
+    NI = N.data_ptr() + (I - 1) * dd * esz
     two = _two_threads(values.numel())
     if two:
-        fut = _pool().submit(fwd, n // 2, n, d, WI.data_ptr(), *sI, NI.data_ptr(), int(relu), Y.data_ptr())
-        fwd(0, n // 2, d, WI.data_ptr(), *sI, NI.data_ptr(), int(relu), Y.data_ptr())
+        fut = _pool().submit(fwd, n // 2, n, d, WI.data_ptr(), 1, n, NI, int(relu), Y.data_ptr())
+        fwd(0, n // 2, d, WI.data_ptr(), 1, n, NI, int(relu), Y.data_ptr())
         fut.result()
     else:
-        fwd(0, n, d, WI.data_ptr(), *sI, NI.data_ptr(), int(relu), Y.data_ptr())
+        fwd(0, n, d, WI.data_ptr(), 1, n, NI, int(relu), Y.data_ptr())
     parts = 2 if two else 1
     J = torch.zeros(parts, dtype=torch.float64)
+    gN = gW = gue = Q = Qe = gN1 = gMid = None
     if with_grad:
+        gN = torch.empty_like(N)
+        gW = torch.empty(sum(W.numel() for W in Ws), dtype=dt)
         Q = torch.empty(parts, n, d, dtype=dt)
         Qe = torch.empty(parts, n, max(k, 1), dtype=dt)
-        gN1 = torch.empty(parts, d, d, dtype=dt)
-        gMid = torch.empty(parts, d, d, dtype=dt)
-        gW1 = torch.empty_like(W1)
         gue = torch.empty(m, max(k, 1), dtype=dt)
-    else:
-        Q = Qe = gN1 = gMid = gW1 = gue = None
+        # per-part accumulators: one part writes straight into gN[0]
+        gN1 = gN[:1] if parts == 1 else torch.empty(parts, d, d, dtype=dt)
+        gMid = torch.empty(parts, d, d, dtype=dt)
     rows_f = getattr(lib, f"dlrl_chain_rows_{suf}")
 
     def call(part, i0, i1):
         def at(t):
             return 0 if t is None else t[part].data_ptr()
 
-        rows_f(i0, i1, n, d, k, crow.data_ptr(), cols.data_ptr(), values.data_ptr(), W1.data_ptr(), *s1,
-               N1.data_ptr(), p(Mid), int(relu), Y.data_ptr(), p(ue), p(ve), int(with_grad), J.data_ptr() + 8 * part,
-               at(Q), at(Qe), p(gW1), at(gN1), at(gMid), p(gue))
+        return rows_f(i0, i1, n, d, k, crow.data_ptr(), cols.data_ptr(), values.data_ptr(), W1.data_ptr(), d, 1,
+                      N.data_ptr(), p(Mid), int(relu), Y.data_ptr(), p(ue), p(ve), int(with_grad),
+                      J.data_ptr() + 8 * part, at(Q), at(Qe), p(gW), at(gN1), at(gMid), p(gue))
 
     if two:
         cut = _row_split(crow, 2)
         fut = _pool().submit(call, 1, cut[1], cut[2])
-        call(0, cut[0], cut[1])
-        fut.result()
+        _ok(call(0, cut[0], cut[1]), "chain_rows")
+        _ok(fut.result(), "chain_rows")
     else:
-        call(0, 0, m)
-    J = 0.5 * J.sum()
+        _ok(call(0, 0, m), "chain_rows")
+    J = 0.5 * (J.sum() if two else J[0])
     if not with_grad:
-        return J, None, None, None, None, None, None, None
+        return J, None, None, None, None
     if two:
-        Q, Qe, gN1, gMid = Q.sum(0), Qe.sum(0), gN1.sum(0), gMid.sum(0)
+        torch.sum(gN1, 0, out=gN[0])
+        Q, Qe, gMid = Q.sum(0), Qe.sum(0), gMid.sum(0)
     else:
-        Q, Qe, gN1, gMid = Q[0], Qe[0], gN1[0], gMid[0]
-    gWI = torch.empty_like(WI)
-    gNI = torch.empty(parts, d, d, dtype=dt)
+        Q, Qe, gMid = Q[0], Qe[0], gMid[0]
+    # the last block's backward: gW's tail, gN[I-1]
     bwd = getattr(lib, f"dlrl_chain_cols_bwd_{suf}")
-    args = (d, WI.data_ptr(), *sI, NI.data_ptr(), int(relu), Y.data_ptr(), Q.data_ptr(), gWI.data_ptr())
+    gWI = gW.data_ptr() + (gW.numel() - WI.numel()) * esz
+    args = (d, WI.data_ptr(), 1, n, NI, int(relu), Y.data_ptr(), Q.data_ptr(), gWI)
     if two:
+        gNI = torch.empty(2, d, d, dtype=dt)
         fut = _pool().submit(bwd, n // 2, n, *args, gNI[1].data_ptr())
-        bwd(0, n // 2, *args, gNI[0].data_ptr())
-        fut.result()
-        gNI = gNI.sum(0)
+        _ok(bwd(0, n // 2, *args, gNI[0].data_ptr()), "chain_cols_bwd")
+        _ok(fut.result(), "chain_cols_bwd")
+        torch.sum(gNI, 0, out=gN[I - 1])
     else:
-        bwd(0, n, *args, gNI[0].data_ptr())
-        gNI = gNI[0]
-    return (J, gW1, gN1, gMid if Mid is not None else None, gWI, gNI, gue if k else None, Qe if k else None)
+        _ok(bwd(0, n, *args, gN[I - 1].data_ptr()), "chain_cols_bwd")
+    if I2 > 0:
+        _ok(getattr(lib, f"dlrl_chain_mid_bwd_{suf}")(I2, d, Wm.data_ptr(), Nm, flags, int(relu), mid[0].data_ptr(),
+                                                       mid[1].data_ptr(), mid[2].data_ptr(), gMid.data_ptr(),
+                                                       gW.data_ptr() + W1.numel() * esz, gN[1].data_ptr()),
+            "chain_mid_bwd")
+    return J, gN, gW, (gue if k else None), (Qe if k else None)

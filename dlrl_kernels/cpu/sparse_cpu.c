@@ -182,7 +182,7 @@ DLRL_KERNELS(double, f64)
     /* the row pass over rows [i0, i1) (entries crow[i0] .. crow[i1]); Q, Qe, gN, gMid and   \
      * *J belong to this call (zeroed here: two threads get separate ones and the caller adds \
      * them); gW rows and gue rows i0..i1 are written (zero for a row with no entries) */     \
-    void dlrl_chain_rows_##SUF(int64_t i0, int64_t i1, int64_t n, int64_t d_, int64_t k,      \
+    int dlrl_chain_rows_##SUF(int64_t i0, int64_t i1, int64_t n, int64_t d_, int64_t k,      \
                                const int64_t *restrict crow, const int64_t *restrict cols,       \
                                const T *restrict values, const T *restrict W, int64_t sr,        \
                                int64_t sc, const T *restrict N, const T *restrict Mid, int relu, \
@@ -194,6 +194,7 @@ DLRL_KERNELS(double, f64)
         /* N^T and Mid^T: on the stack in a build for one d, else on the heap (free(0) is a no-op) */ \
         T NT[(DLRL_D > 0 ? DLRL_D * DLRL_D : 1)], MT[(DLRL_D > 0 ? DLRL_D * DLRL_D : 1)];         \
         T *heap = DLRL_D > 0 ? 0 : (T *)malloc((size_t)(2 * d * d + 1) * sizeof(T));             \
+        if (DLRL_D == 0 && !heap) return -1;                                                   \
         T *nt = DLRL_D > 0 ? NT : heap, *mt = DLRL_D > 0 ? MT : heap + d * d;                   \
         for (int64_t s = 0; s < d; ++s)                                                         \
             for (int64_t t = 0; t < d; ++t) {                                                   \
@@ -292,16 +293,18 @@ DLRL_KERNELS(double, f64)
         }                                                                                       \
         *J = jj;                                                                                \
         free(heap);                                                                             \
+        return 0;                                                                               \
     }                                                                                           \
     /* the last block's backward over columns [j0, j1): gv_j = q_j * [v_j > 0],              \
      * gW(j,:) = gv_j N^T, gN += W(j,:)^T gv_j (gN zeroed here) */                             \
-    void dlrl_chain_cols_bwd_##SUF(int64_t j0, int64_t j1, int64_t d_, const T *restrict W,    \
+    int dlrl_chain_cols_bwd_##SUF(int64_t j0, int64_t j1, int64_t d_, const T *restrict W,    \
                                    int64_t sr, int64_t sc, const T *restrict N, int relu,        \
                                    const T *restrict Y, const T *restrict Q, T *restrict gW,     \
                                    T *restrict gN) {                                             \
         const int64_t d = DIM(d_);                                                              \
         T NT[(DLRL_D > 0 ? DLRL_D * DLRL_D : 1)];                                               \
         T *nt = DLRL_D > 0 ? NT : (T *)malloc((size_t)(d * d + 1) * sizeof(T));                 \
+        if (!nt) return -1;                                                                     \
         for (int64_t s = 0; s < d; ++s)                                                         \
             for (int64_t t = 0; t < d; ++t) nt[t * d + s] = N[s * d + t];                       \
         memset(gN, 0, (size_t)(d * d) * sizeof(T));                                             \
@@ -324,10 +327,96 @@ DLRL_KERNELS(double, f64)
             }                                                                                   \
         }                                                                                       \
         if (DLRL_D == 0) free(nt);                                                              \
+        return 0;                                                                               \
     }
 
 DLRL_CHAIN(float, f32)
 DLRL_CHAIN(double, f64)
+
+/* The middle blocks of the chain (d x d each, I2 = I - 2 of them) and their backward, so that
+ * the fused loss makes no torch call per middle block (at ML-100K's size each torch op costs
+ * about what a whole d x d product costs here):
+ *   T_k = W_k N_k (or W_k^T N_k when wide_k),  Y_k = act(T_k),  X_k = Y_k (or Y_k^T when wide_k)
+ *   mids_0 = X_0,  mids_j = mids_{j-1} X_j     (Mid = mids_{I2-1}: the product the row pass uses)
+ * backward from gM = dJ/dMid (block_chain.middle_backward and block_backward, the same
+ * formulas): walking j from the right, gX_j = mids_{j-1}^T gM (gM for j = 0) and then
+ * gM <- gM X_j^T; gT = (gX_j or its transpose) * [Y_j > 0]; gW_j = gT N_j^T (wide: N_j gT^T),
+ * gN_j = W_j^T gT (wide: W_j gT). All arrays d x d row-major, stacked [I2, d, d]. */
+#define DLRL_MID(T, SUF)                                                                        \
+    /* C = op(A) op(B), op = transpose when the flag is set (d x d, row-major) */              \
+    static void mm_##SUF(int64_t d_, const T *restrict A, int ta, const T *restrict B, int tb,  \
+                         T *restrict C) {                                                        \
+        const int64_t d = DIM(d_);                                                              \
+        for (int64_t i = 0; i < d * d; ++i) C[i] = 0;                                           \
+        for (int64_t i = 0; i < d; ++i)                                                         \
+            for (int64_t s = 0; s < d; ++s) {                                                   \
+                const T a = ta ? A[s * d + i] : A[i * d + s];                                   \
+                T *restrict c = C + i * d;                                                      \
+                if (tb)                                                                         \
+                    for (int64_t j = 0; j < d; ++j) c[j] += a * B[j * d + s];                   \
+                else                                                                            \
+                    for (int64_t j = 0; j < d; ++j) c[j] += a * B[s * d + j];                   \
+            }                                                                                   \
+    }                                                                                           \
+    static void tr_##SUF(int64_t d_, const T *restrict A, T *restrict B) {                      \
+        const int64_t d = DIM(d_);                                                              \
+        for (int64_t i = 0; i < d; ++i)                                                         \
+            for (int64_t j = 0; j < d; ++j) B[j * d + i] = A[i * d + j];                        \
+    }                                                                                           \
+    void dlrl_chain_mid_fwd_##SUF(int64_t I2, int64_t d_, const T *restrict Wm,                \
+                                  const T *restrict Nm, const int64_t *restrict wide, int relu,  \
+                                  T *restrict Y, T *restrict X, T *restrict mids) {              \
+        const int64_t d = DIM(d_), dd = d * d;                                                  \
+        for (int64_t k = 0; k < I2; ++k) {                                                      \
+            T *y = Y + k * dd;                                                                  \
+            mm_##SUF(d, Wm + k * dd, (int)wide[k], Nm + k * dd, 0, y);                          \
+            if (relu)                                                                           \
+                for (int64_t i = 0; i < dd; ++i) y[i] = y[i] > 0 ? y[i] : (T)0;                 \
+            if (wide[k]) tr_##SUF(d, y, X + k * dd);                                            \
+            else memcpy(X + k * dd, y, (size_t)dd * sizeof(T));                                 \
+            if (k == 0) memcpy(mids, X, (size_t)dd * sizeof(T));                                \
+            else mm_##SUF(d, mids + (k - 1) * dd, 0, X + k * dd, 0, mids + k * dd);             \
+        }                                                                                       \
+    }                                                                                           \
+    /* gW, gN: [I2, d, d]; returns 0, or -1 when the generic build cannot get scratch memory */ \
+    int dlrl_chain_mid_bwd_##SUF(int64_t I2, int64_t d_, const T *restrict Wm,                 \
+                                 const T *restrict Nm, const int64_t *restrict wide, int relu,   \
+                                 const T *restrict Y, const T *restrict X,                       \
+                                 const T *restrict mids, const T *restrict gMid,                 \
+                                 T *restrict gW, T *restrict gN) {                               \
+        const int64_t d = DIM(d_), dd = d * d;                                                  \
+        T stack[(DLRL_D > 0 ? 4 * DLRL_D * DLRL_D : 1)];                                        \
+        T *buf = DLRL_D > 0 ? stack : (T *)malloc((size_t)(4 * dd) * sizeof(T));                \
+        if (!buf) return -1;                                                                    \
+        T *gM = buf, *gX = buf + dd, *gT = buf + 2 * dd, *tmp = buf + 3 * dd;                  \
+        memcpy(gM, gMid, (size_t)dd * sizeof(T));                                               \
+        for (int64_t j = I2 - 1; j >= 0; --j) {                                                 \
+            if (j == 0) memcpy(gX, gM, (size_t)dd * sizeof(T));                                 \
+            else {                                                                              \
+                mm_##SUF(d, mids + (j - 1) * dd, 1, gM, 0, gX);                                 \
+                mm_##SUF(d, gM, 0, X + j * dd, 1, tmp);                                         \
+                memcpy(gM, tmp, (size_t)dd * sizeof(T));                                        \
+            }                                                                                   \
+            if (wide[j]) tr_##SUF(d, gX, gT);                                                   \
+            else memcpy(gT, gX, (size_t)dd * sizeof(T));                                        \
+            const T *y = Y + j * dd;                                                            \
+            if (relu)                                                                           \
+                for (int64_t i = 0; i < dd; ++i) gT[i] = y[i] > 0 ? gT[i] : (T)0;               \
+            const T *W = Wm + j * dd, *N = Nm + j * dd;                                         \
+            if (wide[j]) {                                                                      \
+                mm_##SUF(d, N, 0, gT, 1, gW + j * dd);                                          \
+                mm_##SUF(d, W, 0, gT, 0, gN + j * dd);                                          \
+            } else {                                                                            \
+                mm_##SUF(d, gT, 0, N, 1, gW + j * dd);                                          \
+                mm_##SUF(d, W, 1, gT, 0, gN + j * dd);                                          \
+            }                                                                                   \
+        }                                                                                       \
+        if (DLRL_D == 0) free(buf);                                                             \
+        return 0;                                                                               \
+    }
+
+DLRL_MID(float, f32)
+DLRL_MID(double, f64)
 
 /* the ABI version the loader checks (bump on any signature change), and the d of this build */
 int dlrl_native_abi(void) { return 6; }

@@ -72,16 +72,6 @@ def _outer_composed(W1, N1, Mid, WI, NI, ue, ve, activation, rows, cols, values,
     return J.double(), gW1, gN1, gMid, gWI, gNI, gue, gve
 
 
-def _outer_native(W1, N1, Mid, WI, NI, ue, ve, activation, rows, cols, values, backend, with_grad, pat):
-    """The outer part in the native CPU kernels (``cpu.chain_loss``)."""
-    from .. import cpu
-
-    crow = pat[0]
-    n = WI.shape[1]
-    return cpu.chain_loss(W1, (W1.shape[1], 1), N1, Mid, WI, (1, n), NI, ue, ve, activation == "relu", crow, cols,
-                          values, with_grad)
-
-
 def _use_native(backend, N, pat) -> bool:
     return backend == "cpu" and N.device.type == "cpu" and pat[0] is not None
 
@@ -94,19 +84,33 @@ def _impl(N: Tensor, Ws: List[Tensor], wide: List[bool], u_extra: Optional[Tenso
     """(J, ∂J/∂N, ∂J/∂W (all weights flattened and concatenated), ∂J/∂u_extra, ∂J/∂v_extra);
     the gradients for a unit incoming gradient when ``with_grad``, else empty tensors. J in
     N's dtype, accumulated in float64."""
-    I = len(Ws)
     pat = (crow, ccol, col_order, rows_by_col)
-    # the middle blocks (d×d) and their product, in torch
+    if _use_native(backend, N, pat):
+        from .. import cpu
+
+        J, gN, gW, gue, gve = cpu.chain_loss(N, Ws, wide, u_extra, v_extra, activation == "relu", crow, cols, values,
+                                             with_grad)
+    else:
+        J, gN, gW, gue, gve = _composed(N, Ws, wide, u_extra, v_extra, activation, rows, cols, values, backend,
+                                        with_grad, pat)
+    J = J.to(N.dtype)
+    if not with_grad:  # (distinct empties: a custom op's outputs may not alias one another)
+        return J, N.new_empty(0), N.new_empty(0), N.new_empty(0), N.new_empty(0)
+    return J, gN, gW, _own(gue, N), _own(gve, N)
+
+
+def _composed(N, Ws, wide, u_extra, v_extra, activation, rows, cols, values, backend, with_grad, pat):
+    """The op as torch ops around the backend's sparse loss (the native kernel's twin): the
+    middle blocks and their product, the outer part (``_outer_composed``), the middle backward."""
+    I = len(Ws)
     Ym = block_outputs(N[1:I - 1], Ws[1:I - 1], wide[1:I - 1], activation) if I > 2 else []
     Xm = _natural(Ym, wide[1:I - 1])
     mids = middle_products([None, *Xm, None]) if Xm else []
     Mid = mids[-1] if mids else None
-    outer = _outer_native if _use_native(backend, N, pat) else _outer_composed
-    J, gW1, gN1, gMid, gWI, gNI, gue, gve = outer(Ws[0], N[0], Mid, Ws[-1], N[-1], u_extra, v_extra, activation,
-                                                   rows, cols, values, backend, with_grad, pat)
-    J = J.to(N.dtype)
-    if not with_grad:  # (distinct empties: a custom op's outputs may not alias one another)
-        return J, N.new_empty(0), N.new_empty(0), N.new_empty(0), N.new_empty(0)
+    J, gW1, gN1, gMid, gWI, gNI, gue, gve = _outer_composed(Ws[0], N[0], Mid, Ws[-1], N[-1], u_extra, v_extra,
+                                                             activation, rows, cols, values, backend, with_grad, pat)
+    if not with_grad:
+        return J, None, None, None, None
     gN = torch.empty_like(N)
     gN[0], gN[-1] = gN1, gNI
     gWs = [gW1]
@@ -115,8 +119,7 @@ def _impl(N: Tensor, Ws: List[Tensor], wide: List[bool], u_extra: Optional[Tenso
             gW, gN[k] = block_backward(Ws[k], N[k], Ym[k - 1], gX, wide[k], activation)
             gWs.append(gW)
     gWs.append(gWI)
-    gW = torch.cat([g.reshape(-1) for g in gWs])
-    return J, gN, gW, _own(gue, N), _own(gve, N)
+    return J, gN, torch.cat([g.reshape(-1) for g in gWs]), gue, gve
 
 
 def _own(t, like):
