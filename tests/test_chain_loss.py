@@ -232,3 +232,20 @@ def test_registered_op_matches_the_eager_twin_and_passes_opcheck(backend):
     for x, y in zip(a, b):
         torch.testing.assert_close(x.grad, y.grad, msg=lambda s: f"{s} (seed {seed})")
     torch.library.opcheck(torch.ops.dlrl.chain_loss_sparse.default, args)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_triton_backend_composed_route(dtype):
+    """On a GPU the op runs its composed route around the Triton sparse loss (here under the
+    interpreter, as CI checks every Triton kernel)."""
+    from dlrl_kernels._dispatch import interpret_mode
+
+    if not (interpret_mode() or torch.cuda.is_available()):
+        pytest.skip("needs TRITON_INTERPRET=1 (conftest sets it) or a GPU")
+    seed = _seed()
+    case = _case(seed, 29, 41, 16, 4, dtype, 2)
+    truth = _truth(*case[:5], "relu", case[5], case[6])
+    got = _fused(*case[:5], "relu", case[5], case[6], "triton")
+    tol = 1e-11 if dtype == torch.float64 else 2e-5
+    for k, (a, b) in enumerate(zip(got, truth)):
+        assert _rel(a, b) < tol, f"output {k}: rel err {_rel(a, b):.2e} (seed {seed}, {dtype})"
