@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("sparse_cpu.c")
-ABI = 6
+ABI = 7
 #: ranks up to this get a build specialised for their d (see sparse_cpu.c); others the generic one
 MAX_SPECIAL_D = 128
 #: below this many entries one thread does everything (thread hand-off costs ~50 µs)
@@ -54,6 +54,7 @@ PARALLEL_MIN_NNZ = 200_000
 #: refuses it.
 COMPILE_FLAGS = ("-O3", "-march=native", "-ffast-math", "-fno-finite-math-only", "-fPIC", "-std=c99")
 LINK_FLAGS = ("-shared",)
+LINK_LIBS = ("-lm",)  # pow / powf (the published operator's elementwise power)
 
 _lock = threading.RLock()  # _lib(d) falls back to _lib(0) while holding it
 _state: dict = {}
@@ -100,7 +101,7 @@ def _build(d: int = 0) -> tuple[object, str]:
         return None, "no C compiler found ($CC, cc, gcc, clang)"
     src = SOURCE.read_bytes()
     define = f"-DDLRL_D={int(d)}"
-    key = hashlib.sha256(src + " ".join((cc, *COMPILE_FLAGS, *LINK_FLAGS)).encode()
+    key = hashlib.sha256(src + " ".join((cc, *COMPILE_FLAGS, *LINK_FLAGS, *LINK_LIBS)).encode()
                          + _cpu_key().encode()).hexdigest()[:16]
     out_dir = cache_dir()
     lib = out_dir / f"sparse_cpu_{key}_d{int(d)}{'.dll' if sys.platform == 'win32' else '.so'}"
@@ -122,7 +123,8 @@ def _build(d: int = 0) -> tuple[object, str]:
                 err = (proc.stderr or proc.stdout).strip()[:500]
             else:
                 return None, f"{cc} failed to compile {SOURCE.name}: {err}"
-            proc = subprocess.run([cc, *LINK_FLAGS, obj, "-o", tmp], capture_output=True, text=True, timeout=120)
+            proc = subprocess.run([cc, *LINK_FLAGS, obj, "-o", tmp, *LINK_LIBS], capture_output=True, text=True,
+                                  timeout=120)
             if proc.returncode != 0:
                 return None, f"{cc} failed to link {SOURCE.name}: {(proc.stderr or proc.stdout).strip()[:500]}"
             os.replace(tmp, lib)  # atomic: a concurrent process sees the old name or the whole file
@@ -153,9 +155,13 @@ def _build(d: int = 0) -> tuple[object, str]:
         getattr(so, f"dlrl_chain_mid_fwd_{suf}").argtypes = [i64, i64, ptr, ptr, ptr, ctypes.c_int, ptr, ptr, ptr]
         getattr(so, f"dlrl_chain_mid_bwd_{suf}").argtypes = [i64, i64, ptr, ptr, ptr, ctypes.c_int, ptr, ptr, ptr, ptr,
                                                              ptr, ptr]
-        for f in ("residual", "grad_rows", "grad_cols", "loss_grad", "chain_cols_fwd", "chain_mid_fwd"):
+        getattr(so, f"dlrl_pub_power_{suf}").argtypes = [i64, i64, ptr, ptr, ptr]
+        getattr(so, f"dlrl_pub_pinv_{suf}").argtypes = [i64, i64, ptr, ptr, ctypes.c_double, ptr, ptr]
+        getattr(so, f"dlrl_pub_backward_{suf}").argtypes = [i64, i64, ptr, ptr, ptr, ptr, ptr, ptr]
+        for f in ("residual", "grad_rows", "grad_cols", "loss_grad", "chain_cols_fwd", "chain_mid_fwd", "pub_power",
+                  "pub_pinv"):
             getattr(so, f"dlrl_{f}_{suf}").restype = None
-        for f in ("chain_rows", "chain_cols_bwd", "chain_mid_bwd"):
+        for f in ("chain_rows", "chain_cols_bwd", "chain_mid_bwd", "pub_backward"):
             getattr(so, f"dlrl_{f}_{suf}").restype = ctypes.c_int
     return so, ""
 
@@ -411,3 +417,44 @@ def chain_loss(N, Ws, wide, ue, ve, relu, crow, cols, values, with_grad):
                                                        gW.data_ptr() + W1.numel() * esz, gN[1].data_ptr()),
             "chain_mid_bwd")
     return J, gN, gW, (gue if k else None), (Qe if k else None)
+
+
+# ----------------------------------------------------------------------------- published operator
+def _pub_lib(S):
+    lib = _lib(S.shape[-1])
+    if lib is None:
+        raise RuntimeError(f"the native CPU kernels are unavailable: {_state.get('why')}")
+    return lib, _suffix(S)
+
+
+def published_forward(S, expo, rtol):
+    """(M, Q, inv) of the published block operator for S (I, d, d) and one exponent per matrix
+    (``expo``: I values): G = ½(S + st)^∘e in C, G = Q diag(λ) Qᵀ by torch.linalg.eigh,
+    inv = the cut reciprocal eigenvalues and M = ½ Q diag(inv) Qᵀ in C (``sparse_cpu.c``,
+    ``dlrl_pub_*``)."""
+    lib, suf = _pub_lib(S)
+    S = S.contiguous()
+    I, d = S.shape[0], S.shape[-1]
+    e = expo.reshape(-1).to(S.dtype).expand(I).contiguous()
+    G = torch.empty_like(S)
+    getattr(lib, f"dlrl_pub_power_{suf}")(I, d, S.data_ptr(), e.data_ptr(), G.data_ptr())
+    lam, Q = torch.linalg.eigh(G)
+    Q = Q.contiguous()  # LAPACK returns the eigenvectors column-major
+    M = torch.empty_like(S)
+    inv = torch.empty_like(lam)
+    getattr(lib, f"dlrl_pub_pinv_{suf}")(I, d, Q.data_ptr(), lam.data_ptr(), float(rtol), M.data_ptr(), inv.data_ptr())
+    return M, Q, inv
+
+
+def published_backward(S, expo, Q, inv, gM):
+    """∂L/∂S of ``published_forward`` for ∂L/∂M (the composition of the pinv, power and shift
+    adjoints; see ``sparse_cpu.c``)."""
+    lib, suf = _pub_lib(S)
+    S, Q, inv, gM = S.contiguous(), Q.contiguous(), inv.contiguous(), gM.contiguous()
+    I, d = S.shape[0], S.shape[-1]
+    e = expo.reshape(-1).to(S.dtype).expand(I).contiguous()
+    gS = torch.empty_like(S)
+    if getattr(lib, f"dlrl_pub_backward_{suf}")(I, d, S.data_ptr(), e.data_ptr(), Q.data_ptr(), inv.data_ptr(),
+                                                 gM.data_ptr(), gS.data_ptr()) != 0:
+        raise MemoryError("dlrl_kernels.cpu: published_backward: the kernel could not allocate its d×d scratch memory")
+    return gS

@@ -24,6 +24,7 @@
  * precision in an order that differs from torch's (the tests compare against a float64
  * evaluation). Indices are int64 and are range-checked by the caller.
  */
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -418,6 +419,112 @@ DLRL_CHAIN(double, f64)
 DLRL_MID(float, f32)
 DLRL_MID(double, f64)
 
+/* The published code's block operator without its eigen-decomposition (ops/pinv.py,
+ * ``published_operator``; the eigh in between is LAPACK's, through torch), for I matrices d x d:
+ *   pub_power:  st_k = 0.002 max_i |S_k,ii|,  G_k = 0.5 (S_k + st_k)^(e_k) elementwise
+ *   pub_pinv:   from G_k = Q diag(lam) Q^T: inv_i = 1/lam_i where |lam_i| > rtol max|lam|, else 0;
+ *               M_k = 0.5 Q diag(inv) Q^T
+ *   pub_backward: gG = Q [ -inv_i inv_j g_ij + (c_i inv_j^2 + inv_i^2 c_j) g_ji ] Q^T with
+ *               g = Q^T (0.5 gM) Q and c_i = [lam_i cut] (Golub-Pereyra in G's eigenbasis);
+ *               gB = 0.5 gG e B^(e-1) (0 where e = 0), B = S + st; the shift's adjoint
+ *               0.002 sum(gB) split evenly over the diagonal entries of largest |S_ii|, times
+ *               sign(S_ii); gS = gB + diag(that).
+ * The power is C's pow (NaN for a negative base, as torch.pow). */
+#define DLRL_PUB(T, SUF, POW)                                                                   \
+    static T shift_##SUF(int64_t d, const T *S) {                                               \
+        T mx = 0;                                                                               \
+        for (int64_t i = 0; i < d; ++i) {                                                       \
+            const T a = S[i * d + i] < 0 ? -S[i * d + i] : S[i * d + i];                        \
+            if (a > mx || a != a) mx = a;                                                       \
+        }                                                                                       \
+        return (T)0.002 * mx;                                                                   \
+    }                                                                                           \
+    void dlrl_pub_power_##SUF(int64_t I, int64_t d_, const T *restrict S,                      \
+                              const T *restrict expo, T *restrict G) {                           \
+        const int64_t d = DIM(d_), dd = d * d;                                                  \
+        for (int64_t k = 0; k < I; ++k) {                                                       \
+            const T *s = S + k * dd;                                                            \
+            const T st = shift_##SUF(d, s), e = expo[k];                                        \
+            for (int64_t i = 0; i < dd; ++i) G[k * dd + i] = (T)0.5 * POW(s[i] + st, e);       \
+        }                                                                                       \
+    }                                                                                           \
+    void dlrl_pub_pinv_##SUF(int64_t I, int64_t d_, const T *restrict Q, const T *restrict lam, \
+                             double rtol, T *restrict M, T *restrict inv) {                      \
+        const int64_t d = DIM(d_), dd = d * d;                                                  \
+        for (int64_t k = 0; k < I; ++k) {                                                       \
+            const T *q = Q + k * dd, *l = lam + k * d;                                          \
+            T *iv = inv + k * d, *mk = M + k * dd;                                              \
+            T mx = 0;                                                                           \
+            for (int64_t i = 0; i < d; ++i) {                                                   \
+                const T a = l[i] < 0 ? -l[i] : l[i];                                            \
+                if (a > mx) mx = a;                                                             \
+            }                                                                                   \
+            const T cut = (T)rtol * mx;                                                         \
+            for (int64_t i = 0; i < d; ++i) {                                                   \
+                const T a = l[i] < 0 ? -l[i] : l[i];                                            \
+                iv[i] = a > cut ? (T)1 / l[i] : (T)0;                                           \
+            }                                                                                   \
+            /* M = 0.5 sum_t inv_t q_t q_t^T  (q_t: column t of Q) */                          \
+            for (int64_t i = 0; i < dd; ++i) mk[i] = 0;                                         \
+            for (int64_t i = 0; i < d; ++i)                                                     \
+                for (int64_t t = 0; t < d; ++t) {                                               \
+                    const T a = (T)0.5 * q[i * d + t] * iv[t];                                  \
+                    if (a == 0) continue;                                                       \
+                    T *restrict row = mk + i * d;                                               \
+                    for (int64_t j = 0; j < d; ++j) row[j] += a * q[j * d + t];                 \
+                }                                                                               \
+        }                                                                                       \
+    }                                                                                           \
+    int dlrl_pub_backward_##SUF(int64_t I, int64_t d_, const T *restrict S,                    \
+                                const T *restrict expo, const T *restrict Q,                     \
+                                const T *restrict inv, const T *restrict gM, T *restrict gS) {   \
+        const int64_t d = DIM(d_), dd = d * d;                                                  \
+        T stack[(DLRL_D > 0 ? 3 * DLRL_D * DLRL_D : 1)];                                        \
+        T *buf = DLRL_D > 0 ? stack : (T *)malloc((size_t)(3 * dd) * sizeof(T));                \
+        if (!buf) return -1;                                                                    \
+        T *g = buf, *c = buf + dd, *tmp = buf + 2 * dd;                                         \
+        for (int64_t k = 0; k < I; ++k) {                                                       \
+            const T *q = Q + k * dd, *iv = inv + k * d, *s = S + k * dd;                        \
+            T *gs = gS + k * dd;                                                                \
+            /* g = Q^T (0.5 gM) Q */                                                            \
+            mm_##SUF(d, gM + k * dd, 0, q, 0, tmp);                                             \
+            mm_##SUF(d, q, 1, tmp, 0, g);                                                       \
+            for (int64_t i = 0; i < d; ++i)                                                     \
+                for (int64_t j = 0; j < d; ++j) {                                               \
+                    const T ci = iv[i] == 0, cj = iv[j] == 0;                                   \
+                    c[i * d + j] = (T)0.5 * (-iv[i] * iv[j] * g[i * d + j] +                    \
+                                             (ci * iv[j] * iv[j] + iv[i] * iv[i] * cj) * g[j * d + i]); \
+                }                                                                               \
+            /* gG = Q c Q^T, into gs */                                                         \
+            mm_##SUF(d, q, 0, c, 0, tmp);                                                       \
+            mm_##SUF(d, tmp, 0, q, 1, gs);                                                      \
+            const T st = shift_##SUF(d, s), e = expo[k];                                        \
+            T gst = 0;                                                                          \
+            for (int64_t i = 0; i < dd; ++i) {                                                  \
+                const T gb = e == 0 ? (T)0 : (T)0.5 * gs[i] * (e * POW(s[i] + st, e - 1));      \
+                gs[i] = gb;                                                                     \
+                gst += gb;                                                                      \
+            }                                                                                   \
+            T mx = 0;                                                                           \
+            int64_t ntop = 0;                                                                   \
+            for (int64_t i = 0; i < d; ++i) {                                                   \
+                const T a = s[i * d + i] < 0 ? -s[i * d + i] : s[i * d + i];                    \
+                if (a > mx) { mx = a; ntop = 0; }                                               \
+                if (a == mx) ++ntop;                                                            \
+            }                                                                                   \
+            for (int64_t i = 0; i < d; ++i) {                                                   \
+                const T v = s[i * d + i], a = v < 0 ? -v : v;                                   \
+                if (a == mx && ntop > 0)                                                        \
+                    gs[i * d + i] += (T)0.002 * gst / (T)ntop * (T)((v > 0) - (v < 0));         \
+            }                                                                                   \
+        }                                                                                       \
+        if (DLRL_D == 0) free(buf);                                                             \
+        return 0;                                                                               \
+    }
+
+DLRL_PUB(float, f32, powf)
+DLRL_PUB(double, f64, pow)
+
 /* the ABI version the loader checks (bump on any signature change), and the d of this build */
-int dlrl_native_abi(void) { return 6; }
+int dlrl_native_abi(void) { return 7; }
 int dlrl_native_dim(void) { return DLRL_D; }

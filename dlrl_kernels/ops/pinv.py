@@ -180,38 +180,52 @@ def pinv(G, method: str = "auto", rtol=None, max_iters=None, backend: str = "aut
 
 
 # ----------------------------------------------------------------------------- published operator
-def _published_impl(S: Tensor, expo: Tensor, backend: str) -> tuple[Tensor, Tensor]:
-    """(M, G): M = ½·pinv(G), G = ½·(S + st)^∘e (elementwise power, e = expo broadcast per
-    matrix), st = 0.002·max_i |S_ii| — the published code's block operator, with its pinv on
-    the eigh route (same cut-off as its SVD). G is returned for the backward."""
-    st = 0.002 * S.diagonal(dim1=-2, dim2=-1).abs().amax(-1)
-    G = 0.5 * torch.pow(S + st[..., None, None], expo)
-    return 0.5 * _pinv_impl(G, "eigh", None, backend), G
+def sym_pinv_eig(G: Tensor, rtol=None):
+    """(P, Q, inv): P = G⁺ of a symmetric G from one eigen-decomposition G = Q diag(λ) Qᵀ, with
+    inv = 1/λ where |λ| > rtol·max|λ| and 0 elsewhere — the arithmetic of
+    ``torch.linalg.pinv(G, rtol, hermitian=True)`` (|λ| as the singular values), keeping Q and
+    inv for the backward (``sym_pinv_backward``)."""
+    if rtol is None:
+        rtol = default_rtol(G)
+    lam, Q = torch.linalg.eigh(G)
+    a = lam.abs()
+    keep = a > rtol * a.amax(-1, keepdim=True)
+    inv = torch.where(keep, lam.reciprocal(), torch.zeros((), dtype=G.dtype, device=G.device))
+    return (Q * inv.unsqueeze(-2)) @ Q.transpose(-1, -2), Q, inv
 
 
-_published_op = torch.library.custom_op("dlrl::published_operator", _published_impl, mutates_args=())
+def sym_pinv_backward(Q, inv, gP):
+    """``pinv_backward`` (Golub–Pereyra, constant rank) for a symmetric G = Q diag(λ) Qᵀ, in its
+    eigenbasis: with g = Qᵀ Ḡ_P Q, κ_i = 1/λ_i (0 when cut) and c_i = [λ_i cut],
+        Qᵀ Ḡ_G Q = −κ_i κ_j g_ij + (c_i κ_j² + κ_i² c_j) g_ji
+    (−P Ḡ P, and the range/null-space terms (I − GP) Ḡᵀ P² + P² Ḡᵀ (I − PG))."""
+    Qt = Q.transpose(-1, -2)
+    g = Qt @ gP @ Q
+    cut = (inv == 0).to(inv.dtype)
+    k2 = inv * inv
+    a = -inv.unsqueeze(-1) * inv.unsqueeze(-2)
+    b = cut.unsqueeze(-1) * k2.unsqueeze(-2) + k2.unsqueeze(-1) * cut.unsqueeze(-2)
+    return Q @ (a * g + b * g.transpose(-1, -2)) @ Qt
 
 
-@_published_op.register_fake
-def _(S, expo, backend):
-    return S.new_empty(S.shape), S.new_empty(S.shape)
+def _published_shift(S):
+    return 0.002 * S.diagonal(dim1=-2, dim2=-1).abs().amax(-1)
 
 
-def _published_setup(ctx, inputs, output):
-    S, expo, backend = inputs
-    ctx.save_for_backward(S, expo, output[0], output[1])
+def published_forward_torch(S, expo, rtol):
+    """(M, Q, inv): M = ½·pinv(G), G = ½·(S + st)^∘e, st = 0.002·max_i |S_ii|, through one eigh
+    of G (``sym_pinv_eig``) — the reference twin of ``cpu.published_forward``."""
+    G = 0.5 * torch.pow(S + _published_shift(S)[..., None, None], expo)
+    P, Q, inv = sym_pinv_eig(G, rtol)
+    return 0.5 * P, Q, inv
 
 
-def _published_backward(ctx, gM, gG_out):
-    """By hand, the adjoints autograd would chain: ½ · pinv (Golub–Pereyra) · ½ · pow (torch's
-    rule: g·e·B^(e−1), 0 where e = 0) · the shift st (amax: split evenly over ties; |·|: sign)."""
-    S, expo, M, G = ctx.saved_tensors
-    if gM is None:
-        return None, None, None
-    P = 2.0 * M
-    gG = pinv_backward(G, P, 0.5 * gM)
-    st = 0.002 * S.diagonal(dim1=-2, dim2=-1).abs().amax(-1)
-    B = S + st[..., None, None]
+def published_backward_torch(S, expo, Q, inv, gM):
+    """By hand, the adjoints autograd would chain: ½ · pinv (Golub–Pereyra in G's eigenbasis) ·
+    ½ · pow (torch's rule: g·e·B^(e−1), 0 where e = 0) · the shift st (amax: split evenly over
+    ties; |·|: sign)."""
+    gG = sym_pinv_backward(Q, inv, 0.5 * gM)
+    B = S + _published_shift(S)[..., None, None]
     gB = torch.where(expo == 0, torch.zeros((), dtype=S.dtype, device=S.device),
                      (0.5 * gG) * (expo * B.pow(expo - 1)))
     dg = S.diagonal(dim1=-2, dim2=-1)
@@ -219,8 +233,70 @@ def _published_backward(ctx, gM, gG_out):
     top = a == a.amax(-1, keepdim=True)
     g_st = gB.sum((-1, -2))  # st is added to every entry
     g_diag = (0.002 * g_st)[..., None] * top / top.sum(-1, keepdim=True) * torch.sign(dg)
-    gS = gB + torch.diag_embed(g_diag)
-    return gS, None, None
+    return gB + torch.diag_embed(g_diag)
+
+
+def _published_cpu():
+    from .. import cpu
+
+    ok, why = cpu.status()
+    if not ok:
+        raise RuntimeError(f"the native CPU kernels are unavailable: {why}")
+    return types.SimpleNamespace(forward=cpu.published_forward, backward=cpu.published_backward)
+
+
+#: the published operator's forward (S, expo, rtol) → (M, Q, inv) and backward (S, expo, Q, inv,
+#: gM) → gS: the torch twin (any device) or the native CPU kernels (the d×d arithmetic around
+#: torch's eigh in C: at d = 20 the torch route is ~50 small ops, each costing more than its math)
+TABLE_PUBLISHED = _dispatch.OpTable(
+    "published_operator", ("forward", "backward"),
+    reference=lambda: types.SimpleNamespace(forward=published_forward_torch, backward=published_backward_torch),
+    cpu=_published_cpu,
+)
+
+
+@_dispatch.constant_result
+def published_backend(backend: str, device: str) -> str:
+    """The published operator's implementation for a model / call ``backend``: the native CPU
+    kernels where "auto" or "cpu" would pick them, else the torch twin (it runs on any device;
+    there is no Triton or CUDA kernel of its own)."""
+    return TABLE_PUBLISHED.resolve("auto" if backend in ("auto", "cpu") else "reference", torch.device(device))[0]
+
+
+def _per_matrix(S, expo):
+    """Whether ``expo`` holds one exponent per matrix of S (I, d, d) — the native kernels' case."""
+    return S.dim() == 3 and (expo.dim() == 0 or (expo.shape[-2:] == (1, 1) and expo.numel() in (1, S.shape[0])))
+
+
+def _published_impl(S: Tensor, expo: Tensor, backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    """(M, Q, inv): M = ½·pinv(G), G = ½·(S + st)^∘e (elementwise power, e = expo broadcast per
+    matrix), st = 0.002·max_i |S_ii| — the published code's block operator, with its pinv on
+    the eigh route (same cut-off as its SVD); G's eigenvectors Q and cut reciprocal eigenvalues
+    inv are returned for the backward."""
+    be = backend if backend == "cpu" and S.device.type == "cpu" and _per_matrix(S, expo) else "reference"
+    return TABLE_PUBLISHED.load(be).forward(S, expo, default_rtol(S))
+
+
+_published_op = torch.library.custom_op("dlrl::published_operator", _published_impl, mutates_args=())
+
+
+@_published_op.register_fake
+def _(S, expo, backend):
+    return S.new_empty(S.shape), S.new_empty(S.shape), S.new_empty(S.shape[:-1])
+
+
+def _published_setup(ctx, inputs, output):
+    S, expo, backend = inputs
+    ctx.backend = backend if backend == "cpu" and S.device.type == "cpu" and _per_matrix(S, expo) else "reference"
+    ctx.save_for_backward(S, expo, output[1], output[2])
+
+
+def _published_backward(ctx, gM, gQ=None, ginv=None):
+    """∂L/∂S for ∂L/∂M (Q and inv are saved values, not differentiated)."""
+    S, expo, Q, inv = ctx.saved_tensors
+    if gM is None:
+        return None, None, None
+    return TABLE_PUBLISHED.load(ctx.backend).backward(S, expo, Q, inv, gM), None, None
 
 
 _published_op.register_autograd(_published_backward, setup_context=_published_setup)
@@ -233,6 +309,7 @@ def published_operator(S: Tensor, expo: Tensor, backend: str = "auto") -> Tensor
     for symmetric S (..., d, d) and exponents ``expo`` broadcastable to S (e = (p−2)/2 per
     block): one autograd node with a hand-written backward (the composition of the adjoints
     autograd would chain; ``tests/test_pinv.py`` compares the two and gradchecks it). A
-    negative entry of S + st gives NaN in G (as in the published code)."""
-    name = _backend_name(backend, str(S.device))
-    return published_op(S, expo, name)[0]
+    negative entry of S + st gives NaN in G (as in the published code). On the CPU the d×d
+    arithmetic around the eigh runs in the native kernels (``backend`` "auto" / "cpu";
+    "reference": the torch twin)."""
+    return published_op(S, expo, published_backend(backend, str(S.device)))[0]

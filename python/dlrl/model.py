@@ -546,7 +546,7 @@ class DLRL(nn.Module):
         fit's sync points)."""
         from dlrl_kernels.ops import pinv as _pinv
 
-        name = _pinv.TABLE.resolve(self.config.backend, S.device)[0]
+        name = _pinv.published_backend(self.config.backend, str(S.device))
         try:
             # G is symmetric (an elementwise function of the symmetric S): the eigh route gives
             # the published SVD pseudo-inverse (same cut-off) at half the cost
