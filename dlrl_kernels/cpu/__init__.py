@@ -309,6 +309,24 @@ def _ok(status, what):
         raise MemoryError(f"dlrl_kernels.cpu: {what}: the kernel could not allocate its d×d scratch memory")
 
 
+def _chain_fns(d, dtype):
+    """The ``dlrl_chain_*`` entry points of the build for rank d, bound once per (d, dtype): a
+    training loop calls them every epoch, and at small sizes attribute lookups and tensor
+    indexing around five foreign calls cost more than the calls (see ``chain_loss``)."""
+    key = (int(d), dtype)
+    fns = _state.get(("chain", key))
+    if fns is None:
+        lib = _lib(d)
+        if lib is None:
+            raise RuntimeError(f"the native CPU kernels are unavailable: {_state.get('why')}")
+        suf = "f32" if dtype == torch.float32 else "f64" if dtype == torch.float64 else None
+        if suf is None:
+            raise TypeError(f"dlrl_kernels.cpu: expected float32 or float64 tensors, got {dtype}")
+        fns = tuple(getattr(lib, f"dlrl_chain_{f}_{suf}") for f in ("mid_fwd", "cols_fwd", "rows", "cols_bwd", "mid_bwd"))
+        _state[("chain", key)] = fns
+    return fns
+
+
 def chain_loss(N, Ws, wide, ue, ve, relu, crow, cols, values, with_grad):
     """The whole ``dlrl::chain_loss_sparse`` (ops/chain_loss.py) on the CPU: the middle blocks and
     their product, the outer blocks with the sparse loss between them, and — with
@@ -319,104 +337,119 @@ def chain_loss(N, Ws, wide, ue, ve, relu, crow, cols, values, with_grad):
 
     N: (I, d, d); Ws: a tall first weight (m×d), d×d middles, a wide last weight (d×n) — the
     layouts ``chain_loss.fusable`` accepts; wide: I flags (the middles'); ue, ve: extra columns
-    or None; crow: the CSR row pointer of the row-sorted entries (cols, values in that order)."""
+    or None; crow: the CSR row pointer of the row-sorted entries (cols, values in that order).
+
+    All scratch (the middle blocks, the last block's output, q, the per-thread accumulators)
+    is one allocation addressed by offsets: at ML-100K's size this wrapper's own cost is part
+    of every epoch."""
     I = len(Ws)
     d = N.shape[-1]
-    lib = _lib(d)
-    if lib is None:
-        raise RuntimeError(f"the native CPU kernels are unavailable: {_state.get('why')}")
-    suf = _suffix(N)
     dt = N.dtype
-    m, n = Ws[0].shape[0], Ws[-1].shape[1]
+    mid_fwd, cols_fwd, rows_f, cols_bwd, mid_bwd = _chain_fns(d, dt)
+    W1, WI = Ws[0], Ws[-1]
+    m, n = W1.shape[0], WI.shape[1]
     I2, dd = I - 2, d * d
     k = 0 if ue is None else ue.shape[1]
     if k > CHAIN_MAX_EXTRA:
         raise ValueError(f"ue: expected at most {CHAIN_MAX_EXTRA} extra columns, got {k}")
-    N = N.contiguous()
-    W1, WI = Ws[0].contiguous(), Ws[-1].contiguous()
-    ue = None if ue is None else ue.contiguous()
-    ve = None if ve is None else ve.contiguous()
-    cols, values, crow = cols.contiguous(), values.to(dt).contiguous(), crow.contiguous()
-
-    def p(t):
-        return 0 if t is None else t.data_ptr()
-
-    esz = N.element_size()
-    # the middle blocks: Y, X (natural orientation) and the running products, one allocation
-    Mid = None
+    N, W1, WI = N.contiguous(), W1.contiguous(), WI.contiguous()
+    if ue is not None:
+        ue, ve = ue.contiguous(), ve.contiguous()
+    if values.dtype != dt:
+        values = values.to(dt)
+    cols, values, crow = cols.contiguous(), values.contiguous(), crow.contiguous()
+    two = _two_threads(values.numel())
+    parts = 2 if two else 1
+    kk = max(k, 1)
+    # workspace layout (elements): mid [3, I2, d, d] | Y [n, d] | Q [parts, n, d] | gMid [parts, d, d]
+    # | gN1, gNI per-thread [2, parts, d, d] (two threads only) | Qe [parts, n, kk] | gue [m, kk]
+    sizes = [3 * I2 * dd, n * d]
+    if with_grad:
+        sizes += [parts * n * d, parts * dd, (2 * parts * dd if two else 0), parts * n * kk, m * kk]
+    ws = torch.empty(sum(sizes), dtype=dt)
+    esz = ws.element_size()
+    offs, o = [], ws.data_ptr()
+    for sz in sizes:
+        offs.append(o)
+        o += sz * esz
+    p_mid, p_Y = offs[0], offs[1]
+    Nptr = N.data_ptr()
+    NI = Nptr + (I - 1) * dd * esz
+    Mid = 0
     if I2 > 0:
         Wm = torch.stack(list(Ws[1:I - 1])) if I2 > 1 else Ws[1].contiguous()
-        flags = (ctypes.c_int64 * I2)(*(int(w) for w in wide[1:I - 1]))
-        mid = torch.empty(3, I2, d, d, dtype=dt)
-        Nm = N.data_ptr() + dd * esz
-        getattr(lib, f"dlrl_chain_mid_fwd_{suf}")(I2, d, Wm.data_ptr(), Nm, flags, int(relu), mid[0].data_ptr(),
-                                                   mid[1].data_ptr(), mid[2].data_ptr())
-        Mid = mid[2, I2 - 1]
-    Y = torch.empty(n, d, dtype=dt)
-    fwd = getattr(lib, f"dlrl_chain_cols_fwd_{suf}")
-    NI = N.data_ptr() + (I - 1) * dd * esz
-    two = _two_threads(values.numel())
+        flags = (ctypes.c_int64 * I2)(*[int(w) for w in wide[1:I - 1]])
+        mid_fwd(I2, d, Wm.data_ptr(), Nptr + dd * esz, flags, int(relu), p_mid, p_mid + I2 * dd * esz,
+                p_mid + 2 * I2 * dd * esz)
+        Mid = p_mid + (3 * I2 - 1) * dd * esz  # the last running product
+    W1p, WIp, crowp, colsp, valp = W1.data_ptr(), WI.data_ptr(), crow.data_ptr(), cols.data_ptr(), values.data_ptr()
     if two:
-        fut = _pool().submit(fwd, n // 2, n, d, WI.data_ptr(), 1, n, NI, int(relu), Y.data_ptr())
-        fwd(0, n // 2, d, WI.data_ptr(), 1, n, NI, int(relu), Y.data_ptr())
+        fut = _pool().submit(cols_fwd, n // 2, n, d, WIp, 1, n, NI, int(relu), p_Y)
+        cols_fwd(0, n // 2, d, WIp, 1, n, NI, int(relu), p_Y)
         fut.result()
     else:
-        fwd(0, n, d, WI.data_ptr(), 1, n, NI, int(relu), Y.data_ptr())
-    parts = 2 if two else 1
+        cols_fwd(0, n, d, WIp, 1, n, NI, int(relu), p_Y)
     J = torch.zeros(parts, dtype=torch.float64)
-    gN = gW = gue = Q = Qe = gN1 = gMid = None
-    if with_grad:
-        gN = torch.empty_like(N)
-        gW = torch.empty(sum(W.numel() for W in Ws), dtype=dt)
-        Q = torch.empty(parts, n, d, dtype=dt)
-        Qe = torch.empty(parts, n, max(k, 1), dtype=dt)
-        gue = torch.empty(m, max(k, 1), dtype=dt)
-        # per-part accumulators: one part writes straight into gN[0]
-        gN1 = gN[:1] if parts == 1 else torch.empty(parts, d, d, dtype=dt)
-        gMid = torch.empty(parts, d, d, dtype=dt)
-    rows_f = getattr(lib, f"dlrl_chain_rows_{suf}")
-
-    def call(part, i0, i1):
-        def at(t):
-            return 0 if t is None else t[part].data_ptr()
-
-        return rows_f(i0, i1, n, d, k, crow.data_ptr(), cols.data_ptr(), values.data_ptr(), W1.data_ptr(), d, 1,
-                      N.data_ptr(), p(Mid), int(relu), Y.data_ptr(), p(ue), p(ve), int(with_grad),
-                      J.data_ptr() + 8 * part, at(Q), at(Qe), p(gW), at(gN1), at(gMid), p(gue))
-
+    Jp = J.data_ptr()
+    uep = 0 if ue is None else ue.data_ptr()
+    vep = 0 if ve is None else ve.data_ptr()
+    if not with_grad:
+        args = (n, d, k, crowp, colsp, valp, W1p, d, 1, Nptr, Mid, int(relu), p_Y, uep, vep, 0)
+        if two:
+            cut = _row_split(crow, 2)
+            fut = _pool().submit(rows_f, cut[1], cut[2], *args, Jp + 8, 0, 0, 0, 0, 0, 0)
+            _ok(rows_f(cut[0], cut[1], *args, Jp, 0, 0, 0, 0, 0, 0), "chain_rows")
+            _ok(fut.result(), "chain_rows")
+            return 0.5 * J.sum(), None, None, None, None
+        _ok(rows_f(0, m, *args, Jp, 0, 0, 0, 0, 0, 0), "chain_rows")
+        return 0.5 * J[0], None, None, None, None
+    p_Q, p_gMid, p_gacc, p_Qe, p_gue = offs[2:]
+    gN = torch.empty_like(N)
+    gW = torch.empty(sum(W.numel() for W in Ws), dtype=dt)
+    gNp, gWp = gN.data_ptr(), gW.data_ptr()
+    args = (n, d, k, crowp, colsp, valp, W1p, d, 1, Nptr, Mid, int(relu), p_Y, uep, vep, 1)
+    nd, nk = n * d * esz, n * kk * esz
     if two:
         cut = _row_split(crow, 2)
-        fut = _pool().submit(call, 1, cut[1], cut[2])
-        _ok(call(0, cut[0], cut[1]), "chain_rows")
+        fut = _pool().submit(rows_f, cut[1], cut[2], *args, Jp + 8, p_Q + nd, p_Qe + nk, gWp, p_gacc + dd * esz,
+                             p_gMid + dd * esz, p_gue)
+        _ok(rows_f(cut[0], cut[1], *args, Jp, p_Q, p_Qe, gWp, p_gacc, p_gMid, p_gue), "chain_rows")
         _ok(fut.result(), "chain_rows")
+        # add the second thread's accumulators into the first's (views of the workspace)
+        o = 0
+        views = {}
+        for name, sz in zip(("mid", "Y", "Q", "gMid", "gacc", "Qe", "gue"), sizes):
+            views[name] = ws[o:o + sz]
+            o += sz
+        for name, each in (("Q", n * d), ("gMid", dd), ("Qe", n * kk)):
+            v = views[name]
+            v[:each] += v[each:]
+        ga = views["gacc"]
+        torch.add(ga[:dd], ga[dd:2 * dd], out=gN[0].view(-1))
+        J = 0.5 * J.sum()
     else:
-        _ok(call(0, 0, m), "chain_rows")
-    J = 0.5 * (J.sum() if two else J[0])
-    if not with_grad:
-        return J, None, None, None, None
-    if two:
-        torch.sum(gN1, 0, out=gN[0])
-        Q, Qe, gMid = Q.sum(0), Qe.sum(0), gMid.sum(0)
-    else:
-        Q, Qe, gMid = Q[0], Qe[0], gMid[0]
+        _ok(rows_f(0, m, *args, Jp, p_Q, p_Qe, gWp, gNp, p_gMid, p_gue), "chain_rows")
+        J = 0.5 * J[0]
     # the last block's backward: gW's tail, gN[I-1]
-    bwd = getattr(lib, f"dlrl_chain_cols_bwd_{suf}")
-    gWI = gW.data_ptr() + (gW.numel() - WI.numel()) * esz
-    args = (d, WI.data_ptr(), 1, n, NI, int(relu), Y.data_ptr(), Q.data_ptr(), gWI)
+    gWI = gWp + (gW.numel() - WI.numel()) * esz
+    gNI = gNp + (I - 1) * dd * esz
+    bargs = (d, WIp, 1, n, NI, int(relu), p_Y, p_Q, gWI)
     if two:
-        gNI = torch.empty(2, d, d, dtype=dt)
-        fut = _pool().submit(bwd, n // 2, n, *args, gNI[1].data_ptr())
-        _ok(bwd(0, n // 2, *args, gNI[0].data_ptr()), "chain_cols_bwd")
+        fut = _pool().submit(cols_bwd, n // 2, n, *bargs, p_gacc + 3 * dd * esz)
+        _ok(cols_bwd(0, n // 2, *bargs, p_gacc + 2 * dd * esz), "chain_cols_bwd")
         _ok(fut.result(), "chain_cols_bwd")
-        torch.sum(gNI, 0, out=gN[I - 1])
+        ga = ws[sum(sizes[:4]):sum(sizes[:5])]
+        torch.add(ga[2 * dd:3 * dd], ga[3 * dd:], out=gN[I - 1].view(-1))
     else:
-        _ok(bwd(0, n, *args, gN[I - 1].data_ptr()), "chain_cols_bwd")
+        _ok(cols_bwd(0, n, *bargs, gNI), "chain_cols_bwd")
     if I2 > 0:
-        _ok(getattr(lib, f"dlrl_chain_mid_bwd_{suf}")(I2, d, Wm.data_ptr(), Nm, flags, int(relu), mid[0].data_ptr(),
-                                                       mid[1].data_ptr(), mid[2].data_ptr(), gMid.data_ptr(),
-                                                       gW.data_ptr() + W1.numel() * esz, gN[1].data_ptr()),
-            "chain_mid_bwd")
-    return J, gN, gW, (gue if k else None), (Qe if k else None)
+        _ok(mid_bwd(I2, d, Wm.data_ptr(), Nptr + dd * esz, flags, int(relu), p_mid, p_mid + I2 * dd * esz,
+                    p_mid + 2 * I2 * dd * esz, p_gMid, gWp + W1.numel() * esz, gNp + dd * esz), "chain_mid_bwd")
+    if not k:
+        return J, gN, gW, None, None
+    o_Qe, o_gue = sum(sizes[:5]), sum(sizes[:6])
+    # the extra columns' gradients leave the workspace as tensors of their own
+    return J, gN, gW, ws[o_gue:o_gue + m * kk].view(m, kk).clone(), ws[o_Qe:o_Qe + n * kk].view(n, kk).clone()
 
 
 # ----------------------------------------------------------------------------- published operator
