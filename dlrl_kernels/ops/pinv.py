@@ -268,13 +268,22 @@ def _per_matrix(S, expo):
     return S.dim() == 3 and (expo.dim() == 0 or (expo.shape[-2:] == (1, 1) and expo.numel() in (1, S.shape[0])))
 
 
+def _published_route(S, expo, backend):
+    return backend if backend == "cpu" and S.device.type == "cpu" and _per_matrix(S, expo) else "reference"
+
+
+def published_grad(S: Tensor, expo: Tensor, Q: Tensor, inv: Tensor, gM: Tensor, backend: str) -> Tensor:
+    """∂L/∂S for ∂L/∂M of the op's forward ``(M, Q, inv) = _published_impl(S, expo, backend)`` —
+    the op's own backward, callable without autograd (the model's autograd-free training step)."""
+    return TABLE_PUBLISHED.load(_published_route(S, expo, backend)).backward(S, expo, Q, inv, gM)
+
+
 def _published_impl(S: Tensor, expo: Tensor, backend: str) -> tuple[Tensor, Tensor, Tensor]:
     """(M, Q, inv): M = ½·pinv(G), G = ½·(S + st)^∘e (elementwise power, e = expo broadcast per
     matrix), st = 0.002·max_i |S_ii| — the published code's block operator, with its pinv on
     the eigh route (same cut-off as its SVD); G's eigenvectors Q and cut reciprocal eigenvalues
     inv are returned for the backward."""
-    be = backend if backend == "cpu" and S.device.type == "cpu" and _per_matrix(S, expo) else "reference"
-    return TABLE_PUBLISHED.load(be).forward(S, expo, default_rtol(S))
+    return TABLE_PUBLISHED.load(_published_route(S, expo, backend)).forward(S, expo, default_rtol(S))
 
 
 _published_op = torch.library.custom_op("dlrl::published_operator", _published_impl, mutates_args=())
@@ -287,7 +296,7 @@ def _(S, expo, backend):
 
 def _published_setup(ctx, inputs, output):
     S, expo, backend = inputs
-    ctx.backend = backend if backend == "cpu" and S.device.type == "cpu" and _per_matrix(S, expo) else "reference"
+    ctx.backend = backend
     ctx.save_for_backward(S, expo, output[1], output[2])
 
 
@@ -296,7 +305,7 @@ def _published_backward(ctx, gM, gQ=None, ginv=None):
     S, expo, Q, inv = ctx.saved_tensors
     if gM is None:
         return None, None, None
-    return TABLE_PUBLISHED.load(ctx.backend).backward(S, expo, Q, inv, gM), None, None
+    return published_grad(S, expo, Q, inv, gM, ctx.backend), None, None
 
 
 _published_op.register_autograd(_published_backward, setup_context=_published_setup)

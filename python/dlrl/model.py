@@ -552,13 +552,83 @@ class DLRL(nn.Module):
             # the published SVD pseudo-inverse (same cut-off) at half the cost
             return _pinv.published_op(S, self._exponents(), name)[0]
         except RuntimeError as err:
-            if bool(torch.isfinite(S).all()) and not bool((S + 0.002 * S.diagonal(dim1=-2, dim2=-1).abs().amax(-1)[
-                    :, None, None] < 0).any()):
-                raise
-            raise FloatingPointError(
-                "mode='published': the elementwise power (S + st)^((p-2)/2) hit a negative entry of "
-                "S = YᵀY (the published code has the same failure); use mode='paper' (true matrix power)"
-            ) from err
+            self._published_failure(S, err)
+
+    @staticmethod
+    def _published_failure(S, err):
+        """Re-raise an eigh failure of the published operator as the FloatingPointError it means
+        when S or its shifted power holds NaN / negative entries."""
+        if bool(torch.isfinite(S).all()) and not bool((S + 0.002 * S.diagonal(dim1=-2, dim2=-1).abs().amax(-1)[
+                :, None, None] < 0).any()):
+            raise err
+        raise FloatingPointError(
+            "mode='published': the elementwise power (S + st)^((p-2)/2) hit a negative entry of "
+            "S = YᵀY (the published code has the same failure); use mode='paper' (true matrix power)"
+        ) from err
+
+    @torch.no_grad()
+    def _published_step(self, obs, nnz):
+        """One published-mode training step's loss and gradients without the autograd engine:
+        returns J (0-d) with every trainable parameter's ``.grad`` set, or None where the fused
+        loss does not apply (then the caller runs ``loss`` + ``backward``).
+
+        The same functions autograd would call, in the order it would call them — the gram
+        S = G0 + t·G1 + t²·G2 (t = c/clamp(η, 0, 1)), the operator's forward (one eigh kept),
+        ``chain_loss_sparse``'s forward (which already holds the adjoints of N, every W and
+        the bias columns), the operator's backward to ∂S — and by hand only the two steps
+        autograd would have derived: ∂η = Σ_k ⟨∂S_k, G1_k + 2t_k G2_k⟩·(−t_k/η) where
+        0 ≤ η ≤ 1 (clamp's rule), and the bias columns' adjoints to μ, b_u, b_i. Why: at
+        ML-100K's size the engine, its nodes and the ops' Python wrappers cost ~30 % of a
+        CPU epoch (measured side by side); ``tests/test_fast_step.py`` holds this step to the
+        autograd gradients in float64. ``DLRL_MANUAL=0`` turns it off."""
+        cfg = self.config
+        pat = obs.pattern
+        if cfg.mode != "published" or pat is None or os.environ.get("DLRL_MANUAL", "1") == "0":
+            return None
+        from dlrl_kernels.ops import chain_loss as _cl
+        from dlrl_kernels.ops import masked_residual_sparse as _mrs
+        from dlrl_kernels.ops import pinv as _pinv
+
+        d = self.W[0].shape[-1]
+        wide = [self._transposed(k) for k in range(cfg.blocks)]
+        cols = self._bias_columns()
+        ue, ve = cols if cols is not None else (None, None)
+        probe = self.W[0].new_empty(cfg.blocks, d, d)
+        if os.environ.get("DLRL_FUSED", "1") == "0" or not _cl.fusable(probe, self.W, wide, ue):
+            return None
+        prep = self._need_prep(None)
+        eta = self.eta.clamp(0.0, 1.0)
+        t = (prep["c"] / eta)[:, None, None]
+        S = prep["G0"] + t * prep["G1"] + (t * t) * prep["G2"]  # as _gram
+        expo = self._exponents()
+        name = _pinv.published_backend(cfg.backend, str(S.device))
+        try:
+            M, Q, inv = _pinv._published_impl(S, expo, name)
+        except RuntimeError as err:
+            self._published_failure(S, err)
+        be = _mrs.TABLE_LOSS.resolve(cfg.backend, obs.values.device, triton_ok=True, cuda_ok=True)[0]
+        J, gN, gW, gue, gve = _cl._impl(M, [W.detach() for W in self.W], wide, ue, ve, "relu", obs.rows, obs.cols,
+                                        obs.values, be, True, pat.crow, pat.ccol, pat.col_order, pat.rows_by_col)
+        if cfg.loss == "mean":
+            s = 1.0 / nnz
+            J, gN, gW = J * s, gN * s, gW * s
+            if cols is not None:
+                gue, gve = gue * s, gve * s
+        gS = _pinv.published_grad(S, expo, Q, inv, gN, name)
+        gt = (gS * (prep["G1"] + (2.0 * t) * prep["G2"])).sum((-1, -2))
+        inside = (self.eta >= 0.0) & (self.eta <= 1.0)
+        self.eta.grad = torch.where(inside, -(gt * t.reshape(-1)).sum() / eta,
+                                    torch.zeros((), dtype=eta.dtype, device=eta.device)).reshape(self.eta.shape)
+        off = 0
+        for W in self.W:
+            k = W.numel()
+            W.grad = gW[off:off + k].view(W.shape)
+            off += k
+        if cols is not None:
+            self.bu.grad = gue[:, 0].contiguous()
+            self.mu.grad = self.bu.grad.sum().reshape(self.mu.shape)
+            self.bi.grad = gve[:, 1].contiguous()
+        return J
 
     def _need_prep(self, prep):
         prep = self._prep if prep is None else prep
@@ -1235,8 +1305,10 @@ class DLRL(nn.Module):
                 # the block outputs themselves are only needed to track the Schatten sum;
                 # otherwise the loss builds (U, Vᵀ) in one block_chain node
                 outs = self.block_outputs() if track_schatten else None
-                J = self.loss(obs, outs, nnz=nnz_g)
-                J.backward()
+                J = self._published_step(obs, nnz_g) if outs is None else None
+                if J is None:
+                    J = self.loss(obs, outs, nnz=nnz_g)
+                    J.backward()
                 Jd = J.detach()
                 if ctx is not None:
                     Jd = Jd.clone()
