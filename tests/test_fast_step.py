@@ -147,16 +147,21 @@ def test_fullgraph_training_step_on_cpu(gen, bias):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("mode", ["published", "paper", "paper-signed"])
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("loss", ["sum", "mean"])
 @pytest.mark.parametrize("eta", [None, 1.5])
-def test_published_step_without_autograd_matches_autograd(gen, monkeypatch, bias, loss, eta):
-    """mode='published' trains with ``_published_step`` (no autograd engine): its loss and every
-    parameter's gradient equal ``loss`` + ``backward`` in float64 — also with η outside
-    [0, 1], where the clamp passes no gradient to η."""
+def test_manual_step_without_autograd_matches_autograd(gen, monkeypatch, mode, bias, loss, eta):
+    """A fit trains with ``_manual_step`` (no autograd engine): its loss and every parameter's
+    gradient equal ``loss`` + ``backward`` in float64 — in both modes, with the activation
+    chosen for signed data ("none"), and with η outside its clamp range, where η gets none."""
     shape, r, c, v = problem(gen)
-    model = DLRL(shape, rank=4, dtype="float64", mode="published", bias=bias, loss=loss)
+    if mode == "paper-signed":
+        v = v - v.mean()
+    model = DLRL(shape, rank=4, dtype="float64", mode=mode.split("-")[0], bias=bias, loss=loss)
     model.fit(rows=r, cols=c, values=v, epochs=3, progress=False, tune=False)
+    if mode == "paper-signed":
+        assert model.activation_used == "none"
     if eta is not None:
         with torch.no_grad():
             model.eta.fill_(eta)
@@ -165,7 +170,7 @@ def test_published_step_without_autograd_matches_autograd(gen, monkeypatch, bias
     for p in params:
         p.grad = None
     try:
-        J = model._published_step(obs, obs.nnz)
+        J = model._manual_step(obs, obs.nnz)
     except FloatingPointError:  # the published operator's documented failure: the same on both routes
         monkeypatch.setenv("DLRL_MANUAL", "0")
         with pytest.raises(FloatingPointError):
@@ -176,13 +181,13 @@ def test_published_step_without_autograd_matches_autograd(gen, monkeypatch, bias
     for p in params:
         p.grad = None
     monkeypatch.setenv("DLRL_MANUAL", "0")
-    assert model._published_step(obs, obs.nnz) is None
+    assert model._manual_step(obs, obs.nnz) is None
     J2 = model.loss(obs, nnz=obs.nnz)
     J2.backward()
     auto = [J2.detach()] + [p.grad for p in params]
     names = ["J"] + [n for n, p in model.named_parameters() if p.requires_grad]
     for name, a, b in zip(names, manual, auto):
         err = float((a - b).abs().max()) / max(float(b.abs().max()), 1e-300)
-        assert err < 1e-12 or float(b.abs().max()) == 0.0 and float(a.abs().max()) == 0.0, f"{name}: {err:.2e}"
+        assert err < 1e-11 or float(b.abs().max()) == 0.0 and float(a.abs().max()) == 0.0, f"{name}: {err:.2e}"
     if eta is not None:
         assert float(model.eta.grad) == 0.0

@@ -63,6 +63,7 @@ import torch
 from torch import nn
 
 import dlrl_kernels as dk
+from dlrl_kernels import _dispatch as dk_dispatch
 
 from .metrics import rmse
 
@@ -566,57 +567,101 @@ class DLRL(nn.Module):
             "S = YᵀY (the published code has the same failure); use mode='paper' (true matrix power)"
         ) from err
 
+    def _operator_fn(self):
+        """(forward, backward) of the block operators without autograd: forward(S) → (N, saved),
+        backward(S, saved, ∂N) → ∂S — the functions the ops ``published_operator`` /
+        ``block_power`` register with autograd, resolved as ``block_operators`` resolves them."""
+        cfg = self.config
+        if cfg.mode == "published":
+            from dlrl_kernels.ops import pinv as _pinv
+
+            expo = self._exponents()
+
+            def fwd(S):
+                name = _pinv.published_backend(cfg.backend, str(S.device))
+                try:
+                    M, Q, inv = _pinv._published_impl(S, expo, name)
+                except RuntimeError as err:
+                    self._published_failure(S, err)
+                return M, (name, Q, inv)
+
+            def bwd(S, saved, gN):
+                name, Q, inv = saved
+                return _pinv.published_grad(S, expo, Q, inv, gN, name)
+
+            return fwd, bwd
+        import types
+
+        from dlrl_kernels.ops import lowrank_block as _lb
+        from dlrl_kernels.ops.spd_power import resolve_method
+
+        a = [(2.0 - p) / 2.0 for p in self.ps]
+
+        def fwd(S):
+            be, _ = _lb.TABLE.resolve(cfg.backend, S.device, cuda_ok=False)
+            meths = {resolve_method(cfg.method, ak, S.device, be) for ak in set(a)}
+            method = "eigh" if "eigh" in meths else "newton"
+            out = _lb._block_power_impl(S, a, cfg.normalize, method, None, be)
+            return out[0], (be, method, out)
+
+        def bwd(S, saved, gN):
+            be, method, out = saved
+            ctx = types.SimpleNamespace(saved_tensors=(S, *out), a=list(a), normalize=cfg.normalize, method=method,
+                                        rtol=None, impl=be)
+            return _lb._backward(ctx, gN, None, None, None, None)[0]
+
+        return fwd, bwd
+
     @torch.no_grad()
-    def _published_step(self, obs, nnz):
-        """One published-mode training step's loss and gradients without the autograd engine:
-        returns J (0-d) with every trainable parameter's ``.grad`` set, or None where the fused
-        loss does not apply (then the caller runs ``loss`` + ``backward``).
+    def _manual_step(self, obs, nnz):
+        """One training step's loss and gradients without the autograd engine: returns J (0-d)
+        with every trainable parameter's ``.grad`` set, or None where the fused loss does not
+        apply (then the caller runs ``loss`` + ``backward``).
 
         The same functions autograd would call, in the order it would call them — the gram
-        S = G0 + t·G1 + t²·G2 (t = c/clamp(η, 0, 1)), the operator's forward (one eigh kept),
-        ``chain_loss_sparse``'s forward (which already holds the adjoints of N, every W and
-        the bias columns), the operator's backward to ∂S — and by hand only the two steps
-        autograd would have derived: ∂η = Σ_k ⟨∂S_k, G1_k + 2t_k G2_k⟩·(−t_k/η) where
-        0 ≤ η ≤ 1 (clamp's rule), and the bias columns' adjoints to μ, b_u, b_i. Why: at
-        ML-100K's size the engine, its nodes and the ops' Python wrappers cost ~30 % of a
+        S = G0 + t·G1 + t²·G2 (t = c/η, η clamped as ``_eta_value``), the operators' forward
+        (``_operator_fn``: the published operator or ``block_power``), ``chain_loss_sparse``'s
+        forward (which already holds the adjoints of N, every W and the bias columns), the
+        operators' backward to ∂S — and by hand only the two steps autograd would have derived:
+        ∂η = Σ_k ⟨∂S_k, G1_k + 2t_k G2_k⟩·(−t_k/η) where η lies inside the clamp's range (its
+        rule: the bounds included), and the bias columns' adjoints to μ, b_u, b_i. Why: at
+        ML-100K's size the engine, its nodes and the ops' Python wrappers cost ~15–30 % of a
         CPU epoch (measured side by side); ``tests/test_fast_step.py`` holds this step to the
         autograd gradients in float64. ``DLRL_MANUAL=0`` turns it off."""
         cfg = self.config
         pat = obs.pattern
-        if cfg.mode != "published" or pat is None or os.environ.get("DLRL_MANUAL", "1") == "0":
+        if pat is None or os.environ.get("DLRL_MANUAL", "1") == "0" or os.environ.get("DLRL_FUSED", "1") == "0":
             return None
         from dlrl_kernels.ops import chain_loss as _cl
         from dlrl_kernels.ops import masked_residual_sparse as _mrs
-        from dlrl_kernels.ops import pinv as _pinv
 
-        d = self.W[0].shape[-1]
-        wide = [self._transposed(k) for k in range(cfg.blocks)]
+        prep = self._need_prep(None)
+        d = prep["G0"].shape[-1]
+        if cfg.mode == "published":
+            wide, act = [self._transposed(k) for k in range(cfg.blocks)], "relu"
+        else:
+            wide, act = [W.shape[-1] != d for W in self.W], self.activation
         cols = self._bias_columns()
         ue, ve = cols if cols is not None else (None, None)
-        probe = self.W[0].new_empty(cfg.blocks, d, d)
-        if os.environ.get("DLRL_FUSED", "1") == "0" or not _cl.fusable(probe, self.W, wide, ue):
+        if not _cl.fusable(prep["G0"], self.W, wide, ue):
             return None
-        prep = self._need_prep(None)
-        eta = self.eta.clamp(0.0, 1.0)
+        lo = 0.0 if cfg.mode == "published" else 1e-3
+        eta = self.eta.clamp(lo, 1.0)  # as _eta_value
         t = (prep["c"] / eta)[:, None, None]
         S = prep["G0"] + t * prep["G1"] + (t * t) * prep["G2"]  # as _gram
-        expo = self._exponents()
-        name = _pinv.published_backend(cfg.backend, str(S.device))
-        try:
-            M, Q, inv = _pinv._published_impl(S, expo, name)
-        except RuntimeError as err:
-            self._published_failure(S, err)
+        fwd, bwd = self._operator_fn()
+        N, saved = fwd(S)
         be = _mrs.TABLE_LOSS.resolve(cfg.backend, obs.values.device, triton_ok=True, cuda_ok=True)[0]
-        J, gN, gW, gue, gve = _cl._impl(M, [W.detach() for W in self.W], wide, ue, ve, "relu", obs.rows, obs.cols,
+        J, gN, gW, gue, gve = _cl._impl(N, [W.detach() for W in self.W], wide, ue, ve, act, obs.rows, obs.cols,
                                         obs.values, be, True, pat.crow, pat.ccol, pat.col_order, pat.rows_by_col)
         if cfg.loss == "mean":
             s = 1.0 / nnz
             J, gN, gW = J * s, gN * s, gW * s
             if cols is not None:
                 gue, gve = gue * s, gve * s
-        gS = _pinv.published_grad(S, expo, Q, inv, gN, name)
+        gS = bwd(S, saved, gN)
         gt = (gS * (prep["G1"] + (2.0 * t) * prep["G2"])).sum((-1, -2))
-        inside = (self.eta >= 0.0) & (self.eta <= 1.0)
+        inside = (self.eta >= lo) & (self.eta <= 1.0)
         self.eta.grad = torch.where(inside, -(gt * t.reshape(-1)).sum() / eta,
                                     torch.zeros((), dtype=eta.dtype, device=eta.device)).reshape(self.eta.shape)
         off = 0
@@ -1305,7 +1350,7 @@ class DLRL(nn.Module):
                 # the block outputs themselves are only needed to track the Schatten sum;
                 # otherwise the loss builds (U, Vᵀ) in one block_chain node
                 outs = self.block_outputs() if track_schatten else None
-                J = self._published_step(obs, nnz_g) if outs is None else None
+                J = self._manual_step(obs, nnz_g) if outs is None else None
                 if J is None:
                     J = self.loss(obs, outs, nnz=nnz_g)
                     J.backward()
@@ -1501,9 +1546,12 @@ CHECKPOINT_FORMAT = "dlrl-checkpoint"
 _RAW_OPS: dict = {}
 
 
+@dk_dispatch.constant_result
 def _raw_op(name, n_args):
     """Whether ``torch.ops.dlrl.<name>`` is registered with the signature the model calls it
-    with (checked once); otherwise the model uses the public ``dk`` wrapper."""
+    with (checked once); otherwise the model uses the public ``dk`` wrapper. A constant for
+    torch.compile (evaluated at trace time: a fit that never called ``loss`` — the autograd-free
+    step — leaves the check to the first traced call)."""
     if name not in _RAW_OPS:
         ok = False
         try:
