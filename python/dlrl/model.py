@@ -612,8 +612,32 @@ class DLRL(nn.Module):
 
         return fwd, bwd
 
+    def _step_plan(self, obs):
+        """What ``_manual_step`` needs that does not change within a fit — the orientation flags,
+        activation, the operators' functions, the sparse backend, η's clamp bound — or None when
+        the autograd-free step does not apply (no sorted pattern, the fused loss off or not
+        fusable). Built once per fit: at ML-100K's size even these lookups show in an epoch."""
+        cfg = self.config
+        if obs.pattern is None or os.environ.get("DLRL_MANUAL", "1") == "0" or \
+                os.environ.get("DLRL_FUSED", "1") == "0":
+            return None
+        from dlrl_kernels.ops import chain_loss as _cl
+        from dlrl_kernels.ops import masked_residual_sparse as _mrs
+
+        prep = self._need_prep(None)
+        d = prep["G0"].shape[-1]
+        if cfg.mode == "published":
+            wide, act = [self._transposed(k) for k in range(cfg.blocks)], "relu"
+        else:
+            wide, act = [W.shape[-1] != d for W in self.W], self.activation
+        if not _cl.fusable(prep["G0"], self.W, wide, self._bias_columns()[0] if cfg.bias else None):
+            return None
+        be = _mrs.TABLE_LOSS.resolve(cfg.backend, obs.values.device, triton_ok=True, cuda_ok=True)[0]
+        return {"wide": wide, "act": act, "ops": self._operator_fn(), "backend": be, "impl": _cl._impl,
+                "lo": 0.0 if cfg.mode == "published" else 1e-3, "Ws": list(self.W)}
+
     @torch.no_grad()
-    def _manual_step(self, obs, nnz):
+    def _manual_step(self, obs, nnz, plan=None):
         """One training step's loss and gradients without the autograd engine: returns J (0-d)
         with every trainable parameter's ``.grad`` set, or None where the fused loss does not
         apply (then the caller runs ``loss`` + ``backward``).
@@ -627,33 +651,25 @@ class DLRL(nn.Module):
         rule: the bounds included), and the bias columns' adjoints to μ, b_u, b_i. Why: at
         ML-100K's size the engine, its nodes and the ops' Python wrappers cost ~15–30 % of a
         CPU epoch (measured side by side); ``tests/test_fast_step.py`` holds this step to the
-        autograd gradients in float64. ``DLRL_MANUAL=0`` turns it off."""
+        autograd gradients in float64. ``DLRL_MANUAL=0`` turns it off. ``plan``: ``_step_plan(obs)``
+        (built here when not given)."""
         cfg = self.config
-        pat = obs.pattern
-        if pat is None or os.environ.get("DLRL_MANUAL", "1") == "0" or os.environ.get("DLRL_FUSED", "1") == "0":
+        plan = self._step_plan(obs) if plan is None else plan
+        if plan is None:
             return None
-        from dlrl_kernels.ops import chain_loss as _cl
-        from dlrl_kernels.ops import masked_residual_sparse as _mrs
-
-        prep = self._need_prep(None)
-        d = prep["G0"].shape[-1]
-        if cfg.mode == "published":
-            wide, act = [self._transposed(k) for k in range(cfg.blocks)], "relu"
-        else:
-            wide, act = [W.shape[-1] != d for W in self.W], self.activation
+        pat = obs.pattern
+        prep = self._prep
         cols = self._bias_columns()
         ue, ve = cols if cols is not None else (None, None)
-        if not _cl.fusable(prep["G0"], self.W, wide, ue):
-            return None
-        lo = 0.0 if cfg.mode == "published" else 1e-3
+        lo, Ws = plan["lo"], plan["Ws"]
         eta = self.eta.clamp(lo, 1.0)  # as _eta_value
         t = (prep["c"] / eta)[:, None, None]
         S = prep["G0"] + t * prep["G1"] + (t * t) * prep["G2"]  # as _gram
-        fwd, bwd = self._operator_fn()
+        fwd, bwd = plan["ops"]
         N, saved = fwd(S)
-        be = _mrs.TABLE_LOSS.resolve(cfg.backend, obs.values.device, triton_ok=True, cuda_ok=True)[0]
-        J, gN, gW, gue, gve = _cl._impl(N, [W.detach() for W in self.W], wide, ue, ve, act, obs.rows, obs.cols,
-                                        obs.values, be, True, pat.crow, pat.ccol, pat.col_order, pat.rows_by_col)
+        J, gN, gW, gue, gve = plan["impl"](N, [W.detach() for W in Ws], plan["wide"], ue, ve, plan["act"], obs.rows,
+                                           obs.cols, obs.values, plan["backend"], True, pat.crow, pat.ccol,
+                                           pat.col_order, pat.rows_by_col)
         if cfg.loss == "mean":
             s = 1.0 / nnz
             J, gN, gW = J * s, gN * s, gW * s
@@ -665,7 +681,7 @@ class DLRL(nn.Module):
         self.eta.grad = torch.where(inside, -(gt * t.reshape(-1)).sum() / eta,
                                     torch.zeros((), dtype=eta.dtype, device=eta.device)).reshape(self.eta.shape)
         off = 0
-        for W in self.W:
+        for W in Ws:
             k = W.numel()
             W.grad = gW[off:off + k].view(W.shape)
             off += k
@@ -1339,6 +1355,7 @@ class DLRL(nn.Module):
             snap = [p.detach().clone() for p in params]
             return stop
 
+        plan = self._step_plan(obs)  # the autograd-free step's fixed parts (None: loss + backward)
         try:
             for epoch in bar:
                 if carry and epoch > 0:
@@ -1350,7 +1367,7 @@ class DLRL(nn.Module):
                 # the block outputs themselves are only needed to track the Schatten sum;
                 # otherwise the loss builds (U, Vᵀ) in one block_chain node
                 outs = self.block_outputs() if track_schatten else None
-                J = self._manual_step(obs, nnz_g) if outs is None else None
+                J = self._manual_step(obs, nnz_g, plan) if plan is not None and outs is None else None
                 if J is None:
                     J = self.loss(obs, outs, nnz=nnz_g)
                     J.backward()
