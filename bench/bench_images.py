@@ -8,6 +8,9 @@
     python bench/bench_images.py --ensemble-check --size 150   # add the ensemble-size check (outer pixels)
     python bench/bench_images.py --outer-check --out bench/results/images_outer.json   # layouts / ensembles
     python bench/bench_images.py --tables-from bench/results/images_outer.json   # the rows, keeping that table
+    python bench/bench_images.py --outer-check --set patience=5 --out bench/results/images_outer_patience5.json
+    python bench/bench_images.py --outer-check --names re6 re5 re1 --set patience=50 \
+        --out bench/results/images_outer_patience50.json            # the patience comparison
     python bench/bench_images.py --quick --out /tmp/i.json --md /tmp/i.md   # a smoke test (seconds)
 
 Data: /work/shared/data/images re1.jpg ... re6.jpg (or ``--images``), each with
@@ -40,7 +43,9 @@ markdown fragment ``bench/results/images.md`` generated from it. The committed J
 the plain run (rows, ``--tables-from bench/results/images_outer.json``), which keeps the extra tables
 already in the file: ``outer_check`` (from ``--outer-check``, also in ``images_outer.json``),
 ``ensemble`` (``--ensemble-check --size 150``, measured with the previous default, 4×4 patches
-only) and ``validation`` (an ``--only-validation`` run, one fit per setting).
+only) and ``validation`` (an ``--only-validation`` run, one fit per setting); ``outer_check_patience``
+is built from ``images_outer.json`` and the two patience files (``images_outer_patience5.json``
+was written when 5 was the default, i.e. by ``--outer-check`` without ``--set``).
 """
 from __future__ import annotations
 
@@ -194,6 +199,21 @@ def outer_holdout(obs, mask):
     return torch.roll(~obs, (h // 2 + 17, w // 3), dims=(0, 1)) & obs
 
 
+def patience_table(res, files=None):
+    """The outer check's default ensemble with the plateau patience of the files ``files``
+    ({patience: path}) next to this run's: {case: {patience: PSNR}} over the cases they share."""
+    here = Path(__file__).resolve().parent / "results"
+    files = files or {5: here / "images_outer_patience5.json", 50: here / "images_outer_patience50.json"}
+    cur = res.get("outer_check")
+    if not cur or not all(Path(f).is_file() for f in files.values()):
+        return None
+    label = "mixed 12 (default)"
+    runs = {p: json.loads(Path(f).read_text())["outer_check"] for p, f in files.items()}
+    runs[im.INPAINT_DEFAULTS.get("patience")] = cur
+    shared = [c for c in cur if all(c in r for r in runs.values())]
+    return {c: {str(p): runs[p][c][label] for p in sorted(runs)} for c in shared}
+
+
 def outer_check(a, extra):
     """The ensembles of OUTER_COMBOS judged without the truth: ``outer_holdout`` pixels are held
     back, every member of MIXED_PLAN is fitted once on the rest exactly as ``inpaint`` (seed 0)
@@ -214,7 +234,8 @@ def outer_check(a, extra):
         preds, seens, info = [], [], []
         for k, (lay, pat, off) in enumerate(plan):
             t, c0 = time.perf_counter(), time.process_time()
-            P, seen, best, hist = im._fit_member(target, inner, folds[k % len(folds)], lay, pat, off, cfg, seed=k)
+            P, seen, best, hist = im._fit_member(target, inner, folds[k % len(folds)], lay, pat, off, cfg, seed=k,
+                                                 patience=extra.get("patience"))
             preds.append(P * (hi - lo) + lo)
             seens.append(seen)
             rec = torch.where(inner, img, preds[-1].clamp(0, 255))
@@ -292,8 +313,9 @@ def to_markdown(res):
                 "pixels at random; text mask: the text strokes shifted onto observed pixels between the lines, whole "
                 "strokes -- about 11 % of the pixels); every member of `MIXED_PLAN` is fitted once on the rest as "
                 "`inpaint` fits it, and each ensemble is scored on the outer pixels (PSNR in dB; the truth is not "
-                "used). '4×4 ×4, threshold' is the previous default (4×4 patches, 4 shifted grids, a member counting "
-                "fully where it saw ≥ 25 % of the patch); 'seen' weighting = each member's pixel weighted by the share "
+                "used). '4×4 ×4, threshold' is the previous default's ensemble (4×4 patches, 4 shifted grids, a member "
+                "counting fully where it saw ≥ 25 % of the patch; here with the plateau patience of this table, 20 -- "
+                "bench/results/images_outer_patience5.json has the whole table with the previous patience 5); 'seen' weighting = each member's pixel weighted by the share "
                 f"of its column it saw. Images {res.get('outer_check_size_note', '300 px')}; "
                 f"{res.get('outer_check_seconds_note', '')}", "",
                 "| case | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
@@ -302,6 +324,16 @@ def to_markdown(res):
         for sel, lab in (("text", "mean, text"), ("random", "mean, random"), ("", "mean, all")):
             ds = [d for case, d in oc.items() if case.endswith(sel)]
             out.append(f"| {lab} | " + " | ".join(f"{sum(d[k] for d in ds) / len(ds):.2f}" for k in names) + " |")
+    pt = res.get("outer_check_patience")
+    if pt:
+        ps = list(next(iter(pt.values())).keys())
+        out += ["", "#### Plateau patience, judged the same way (the 12-member default ensemble; outer-pixel PSNR in dB; "
+                    "`DLRL.fit`'s plateau schedule on the training loss cuts the lr ×0.1 after `patience` epochs without "
+                    "a better loss and stops after three cuts; paper mode's own patience is 5)", "",
+                "| case | " + " | ".join(f"patience {p}" for p in ps) + " |", "|---|" + "---|" * len(ps)]
+        for case, d in pt.items():
+            out.append(f"| {case} | " + " | ".join(f"{d[p]:.2f}" for p in ps) + " |")
+        out.append("| mean | " + " | ".join(f"{sum(d[p] for d in pt.values()) / len(pt):.2f}" for p in ps) + " |")
     val = res.get("validation")
     if val:
         names = list(next(iter(val.values())).keys())
@@ -330,6 +362,9 @@ def main(argv=None):
                     help="only the outer-validation table of layouts / ensembles (into --out's 'outer_check' key)")
     ap.add_argument("--tables-from", nargs="*", default=[], metavar="JSON",
                     help="copy the extra tables (validation, ensemble, outer_check) from these result files")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="override inpaint settings (e.g. patience=20 early_stopping=60; numbers only) -- for "
+                         "exploring; the committed results use the defaults")
     ap.add_argument("--quick", action="store_true", help="re1 at 48 px, few epochs (a smoke test)")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "images_cpu.json"))
     ap.add_argument("--md", default=str(REPO / "bench" / "results" / "images.md"))
@@ -343,9 +378,13 @@ def main(argv=None):
     extra = {}
     if a.quick:
         a.size, a.names, extra = 48, ["re1"], dict(epochs=30)
+    for kv in a.set:
+        k, _, v = kv.partition("=")
+        extra[k] = float(v) if "." in v or "e" in v else int(v)
     res = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M %Z"), "size": a.size,
            "size_note": f"resized to {a.size} px (longer side)" if a.size else "at full size (300×300×3)",
-           "inpaint_defaults": dict(im.INPAINT_DEFAULTS), "quick": a.quick, "rows": []}
+           "inpaint_defaults": dict(im.INPAINT_DEFAULTS), "quick": a.quick, "rows": [],
+           **({"overrides": dict(extra)} if a.set else {})}
     if a.ensemble_check:
         res = json.loads(Path(a.out).read_text()) if Path(a.out).is_file() else res
         res["ensemble"] = ensemble_check(a.names, a.size, extra)
@@ -358,6 +397,8 @@ def main(argv=None):
         res = json.loads(Path(a.out).read_text()) if Path(a.out).is_file() else res
         t = time.perf_counter()
         res["outer_check"], res["outer_check_members"] = outer_check(a, extra)
+        if not a.set:
+            res["outer_check_patience"] = patience_table(res)
         secs = sum(m["seconds"] for ms in res["outer_check_members"].values() for m in ms)
         res["outer_check_size_note"] = f"{a.size} px" if a.size else "300 px"
         res["outer_check_seconds_note"] = (f"12 member fits per case, {secs:.0f} s in all at 1 thread "
@@ -379,6 +420,8 @@ def main(argv=None):
         if Path(src).is_file():
             old = json.loads(Path(src).read_text())
             res.update({k: v for k, v in old.items() if k.startswith(TABLE_KEYS)})
+    if res.get("outer_check") and not a.set:
+        res["outer_check_patience"] = patience_table(res) or res.get("outer_check_patience")
     done = set()
     if a.resume and Path(a.out).is_file():
         old = json.loads(Path(a.out).read_text())

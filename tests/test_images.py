@@ -396,6 +396,8 @@ def test_inpaint_errors():
         inpaint(img, obs, rank=0)
     with pytest.raises(ValueError, match="holdout"):
         inpaint(img, obs, holdout="stripes")
+    with pytest.raises(ValueError, match="patience"):
+        inpaint(img, obs, patience=-1)
 
 
 def test_combine_weights_members_by_what_they_saw():

@@ -532,17 +532,25 @@ MIXED_PLAN = (("patches", 8, (0, 0)), ("patches", 4, (0, 0)), ("channels", 4, (0
 #: observed pixels, whole strokes -- random pixels next to a stroke are far easier and would not
 #: show that a 4×4 grid loses wholly covered patches), re1-re6 at 300 px, both masks, each member
 #: fitted once and the ensembles scored on the outer pixels (``bench_images.py --outer-check``;
-#: the table in bench/results/images.md). Mean outer-pixel PSNR over the 12 cases: the previous
+#: the table in bench/results/images.md; with patience 5, the previous default, in
+#: images_outer_patience5.json). Mean outer-pixel PSNR over the 12 cases (patience 5): the previous
 #: default (4×4 patches, 4 shifted grids, threshold weighting) 27.50 dB; 4×4 ×4 with the seen-share
 #: weighting 27.68; 8×8 ×4 29.47; channels ×2 27.33; the mix's first 4 / 8 / all 12 members 29.38 /
-#: 29.83 / 30.03 (text mask 29.34 vs 25.08 for the previous default, random 30.73 vs 29.91). The
-#: 12-member mix is the best, or within 0.03 dB of the best, on 11 of the 12 cases (re6 text:
-#: 8×8 ×4 45.74 vs 44.34 -- a smooth, horizontally layered image). 4×4 patches alone lose on the
+#: 29.83 / 30.03 (text mask 29.34 vs 25.08 for the previous default, random 30.73 vs 29.91); with
+#: patience 20 the 12-member mix gives 30.08. The 12-member mix is the best, or within 0.03 dB of the
+#: best, on 11 of the 12 cases (re6 text: 8×8 ×4 46.01 vs 44.42 -- a smooth, layered image). 4×4 patches alone lose on the
 #: text mask because strokes cover whole 4×4 patches (columns with no data); 8×8 patches and the
 #: channel layout see every column. Cost: 12 fits instead of 4 (385 s for the 144 fits of the
 #: check at 300 px, i.e. ~32 s per image at 1 thread on a shared 2-core machine).
+#: patience (of DLRL.fit's plateau schedule on the training loss; paper mode's own is 5): the same
+#: outer check on re1, re5, re6 × both masks, 12 members, with patience 5 / 20 / 50 (files
+#: bench/results/images_outer_patience5.json, images_outer.json, images_outer_patience50.json):
+#: mean 33.08 / 33.18 / 33.13 dB (re6 random 41.20 / 41.62 / 41.43; the others within 0.1 dB -- only
+#: the smooth images' fits run into the schedule); over all 12 cases 20 gives 30.08 vs 30.03 for 5,
+#: no case lower by more than 0.01 dB.
 INPAINT_DEFAULTS = {"layout": "mixed", "patch": 4, "rank": 32, "blocks": 2, "bias": False,
-                    "weight_decay": 0.0, "lr": 0.03, "epochs": 1000, "early_stopping": 30, "models": 12}
+                    "weight_decay": 0.0, "lr": 0.03, "epochs": 1000, "early_stopping": 30, "patience": 20,
+                    "models": 12}
 #: share of the observed pixels held back for validation by each ensemble member (1 / folds)
 INPAINT_FOLDS = 10
 #: how each member's validation pixels are drawn: "random" (default) -- disjoint random parts of
@@ -683,7 +691,8 @@ def _fit_member(target: torch.Tensor, obs: torch.Tensor, held_px: torch.Tensor, 
                  bias=bool(cfg["bias"]), seed=int(seed), dtype=dtype, **(model_options or {}))
     hist = model.fit(rows=fr, cols=fc, values=X[fr, fc].to(fdt), val=(vr, vc, X[vr, vc].to(fdt)),
                      epochs=int(cfg["epochs"]), early_stopping=int(cfg["early_stopping"]), lr=float(cfg["lr"]),
-                     weight_decay=float(cfg["weight_decay"]), patience=patience, progress=False, tune=False,
+                     weight_decay=float(cfg["weight_decay"]),
+                     patience=cfg.get("patience") if patience is None else patience, progress=False, tune=False,
                      threads=threads)
     scores = [r["val_rmse"] for r in hist if "val_rmse" in r and math.isfinite(r["val_rmse"])]
     best = min(scores) if scores else float("inf")
@@ -741,7 +750,8 @@ def inpaint(image: Any, observed: Any, *, layout: str | None = None, patch: int 
       no data -- text masks do that -- and another layout or grid fills it); with ``budget_s``
       no new member starts after that many seconds (at least one runs).
     ``rank`` / ``blocks`` / ``bias`` / ``weight_decay`` / ``lr`` / ``epochs`` / ``early_stopping``
-    override the defaults (``patience``: the plateau schedule's, see ``DLRL.fit``); other keywords go to :class:`dlrl.DLRL` (``p``, ``mode``, ``dtype``,
+    / ``patience`` (the plateau schedule's, see ``DLRL.fit``)
+    override the defaults; other keywords go to :class:`dlrl.DLRL` (``p``, ``mode``, ``dtype``,
     ``activation``, ``device``, ...).  ``threads``: intra-op threads of each fit (1: see
     ``DLRL.fit``).  Returns the completed ``(H, W, C)`` float64 image (observed pixels as given
     when ``keep_observed``), and with ``return_report`` also a dict: the settings, each member's
@@ -774,15 +784,15 @@ def inpaint(image: Any, observed: Any, *, layout: str | None = None, patch: int 
         layout = "patches"  # a patch side given alone means that one patch layout
     for k, v in (("layout", layout), ("patch", patch), ("models", models), ("rank", rank), ("blocks", blocks),
                  ("bias", bias), ("weight_decay", weight_decay), ("lr", lr), ("epochs", epochs),
-                 ("early_stopping", early_stopping)):
+                 ("early_stopping", early_stopping), ("patience", patience)):
         if v is not None:
             cfg[k] = v
     if cfg["layout"] not in INPAINT_LAYOUTS:
         raise ValueError(f"layout: expected one of {INPAINT_LAYOUTS}, got {cfg['layout']!r}")
-    for k in ("models", "patch", "rank", "epochs", "early_stopping"):
+    for k in ("models", "patch", "rank", "epochs", "early_stopping", "patience"):
         v = cfg[k]
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ValueError(f"{k}: expected a positive integer, got {v!r}")
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < (0 if k == "patience" else 1):
+            raise ValueError(f"{k}: expected a {'non-negative' if k == 'patience' else 'positive'} integer, got {v!r}")
     if budget_s is not None and not float(budget_s) > 0:
         raise ValueError(f"budget_s: expected a positive number of seconds or None, got {budget_s!r}")
     if holdout not in HOLDOUTS:
@@ -815,7 +825,7 @@ def inpaint(image: Any, observed: Any, *, layout: str | None = None, patch: int 
             t1 = time.perf_counter()
             lay, pat, off = plan[k % len(plan)]
             P, seen, best, hist = _fit_member(target, obs, folds[k % len(folds)], lay, pat, off, cfg,
-                                              seed=int(seed) + k, dtype=dtype, threads=threads, patience=patience,
+                                              seed=int(seed) + k, dtype=dtype, threads=threads,
                                               model_options=model_options)
             preds.append(P)
             seens.append(seen)
