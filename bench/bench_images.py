@@ -8,6 +8,7 @@
     python bench/bench_images.py --ensemble-check --size 150   # add the ensemble-size check (outer pixels)
     python bench/bench_images.py --outer-check --out bench/results/images_outer.json   # layouts / ensembles
     python bench/bench_images.py --tables-from bench/results/images_outer.json   # the rows, keeping that table
+    python bench/bench_images.py --seed-check 1 2          # the defaults with other seeds, into the same JSON
     python bench/bench_images.py --outer-check --set patience=5 --out bench/results/images_outer_patience5.json
     python bench/bench_images.py --outer-check --names re6 re5 re1 --set patience=50 \
         --out bench/results/images_outer_patience50.json            # the patience comparison
@@ -182,7 +183,7 @@ OUTER_COMBOS = {
 
 
 #: result keys of the extra tables, kept when the comparison rows are rerun
-TABLE_KEYS = ("validation", "ensemble", "outer_check")
+TABLE_KEYS = ("validation", "ensemble", "outer_check", "seed_check")
 
 
 def outer_holdout(obs, mask):
@@ -265,6 +266,21 @@ def _dlrl_note(res):
             f"{d.get('models')} fits, each stopped early on its own 10 % of the *observed* pixels")
 
 
+def seed_check(a, extra, seeds):
+    """inpaint's defaults with other seeds (other folds, initialisations and grid members' order is
+    the same): missing-pixel PSNR per case and seed, beside the Soft-Impute oracle of ``--out``'s rows."""
+    out = {}
+    for name, mask, img, obs in cases(a):
+        key = f"{name} {mask}"
+        out[key] = {}
+        for sd in seeds:
+            t = time.perf_counter()
+            rec = im.inpaint(img, obs, seed=sd, **extra)
+            out[key][str(sd)] = im.psnr_missing(rec, img, obs)
+            print(key, "seed", sd, round(out[key][str(sd)], 2), f"{time.perf_counter() - t:.0f} s", flush=True)
+    return out
+
+
 def to_markdown(res):
     rows = res["rows"]
     m = res["machine"]
@@ -324,6 +340,27 @@ def to_markdown(res):
         for sel, lab in (("text", "mean, text"), ("random", "mean, random"), ("", "mean, all")):
             ds = [d for case, d in oc.items() if case.endswith(sel)]
             out.append(f"| {lab} | " + " | ".join(f"{sum(d[k] for d in ds) / len(ds):.2f}" for k in names) + " |")
+    sc = res.get("seed_check")
+    if sc:
+        rows = {(r["image"], r["mask"]): r for r in res["rows"]}
+        seeds = list(next(iter(sc.values())).keys())
+        out += ["", "#### Other seeds (missing-pixel PSNR in dB of `inpaint`'s defaults with `seed=` 0 -- the table above "
+                    "-- and " + ", ".join(seeds) + "; other validation folds and initialisations)", "",
+                "| image | mask | seed 0 | " + " | ".join(f"seed {s}" for s in seeds) +
+                " | best Soft-Impute oracle | worst seed − oracle |", "|---|---|---|" + "---|" * len(seeds) + "---|---|"]
+        wins = total = 0
+        for case, d in sc.items():
+            name, mask = case.split()
+            r = rows.get((name, mask))
+            if r is None:
+                continue
+            best = max(r["si_oracle_channels"], r["si_oracle_patches"])
+            vals = [r["dlrl"]] + [d[s] for s in seeds]
+            wins += sum(v >= best for v in vals)
+            total += len(vals)
+            out.append(f"| {name} | {mask} | {r['dlrl']:.2f} | " + " | ".join(f"{d[s]:.2f}" for s in seeds) +
+                       f" | {best:.2f} | {min(vals) - best:+.2f} |")
+        out += ["", f"DLRL ≥ the better oracle-tuned Soft-Impute in {wins} of {total} (case, seed) runs."]
     pt = res.get("outer_check_patience")
     if pt:
         ps = list(next(iter(pt.values())).keys())
@@ -365,6 +402,8 @@ def main(argv=None):
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="override inpaint settings (e.g. patience=20 early_stopping=60; numbers only) -- for "
                          "exploring; the committed results use the defaults")
+    ap.add_argument("--seed-check", nargs="+", type=int, default=None, metavar="SEED",
+                    help="only inpaint's defaults with these seeds (into --out's 'seed_check' key, beside its rows)")
     ap.add_argument("--quick", action="store_true", help="re1 at 48 px, few epochs (a smoke test)")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "images_cpu.json"))
     ap.add_argument("--md", default=str(REPO / "bench" / "results" / "images.md"))
@@ -389,6 +428,13 @@ def main(argv=None):
         res = json.loads(Path(a.out).read_text()) if Path(a.out).is_file() else res
         res["ensemble"] = ensemble_check(a.names, a.size, extra)
         res["ensemble_size_note"] = f"{a.size} px" if a.size else "300 px"
+        atomic_write_text(a.out, json.dumps(res, indent=2))
+        atomic_write_text(a.md, to_markdown(res))
+        print(f"wrote {a.out} and {a.md}")
+        return 0
+    if a.seed_check:
+        res = json.loads(Path(a.out).read_text()) if Path(a.out).is_file() else res
+        res["seed_check"] = seed_check(a, extra, a.seed_check)
         atomic_write_text(a.out, json.dumps(res, indent=2))
         atomic_write_text(a.md, to_markdown(res))
         print(f"wrote {a.out} and {a.md}")
