@@ -437,8 +437,9 @@ def cmd_fit(a):
 # ----------------------------------------------------------------------------- inpaint
 def inpaint_image(img, observed, kw):
     """Complete ``img`` (H, W, C) observed where ``observed`` is True with
-    :func:`dlrl.images.inpaint` (4×4×C patches as the columns of one matrix, an ensemble of
-    DLRL fits each stopped on its own held-back observed pixels). ``kw``: the image options
+    :func:`dlrl.images.inpaint` (by default a "mixed" ensemble: DLRL fits on 8×8, 4×4 and 6×6
+    patches as the columns of a matrix and on the channels side by side, each stopped on its
+    own held-back observed pixels, averaged; ``dlrl.images.MIXED_PLAN``). ``kw``: the image options
     (``_complete_kwargs``); ``tune`` has no effect here (the image defaults were chosen on
     validation pixels and every fit stops on held-back pixels). With ``return_model`` in ``kw``
     returns ``(image, report)``."""
@@ -655,8 +656,8 @@ def _demo_image(a, out, quick):
     t_dlrl = time.perf_counter() - t0
     p_dlrl = im.psnr_missing(rec, img, observed)
     _step(bar, f"DLRL {p_dlrl:.2f} dB")
-    # Soft-Impute (defaults) on the matrix DLRL completes (4×4×3 patches as columns): like for
-    # like, and the stronger of the two layouts for Soft-Impute too (astronaut: 20.25 dB vs
+    # Soft-Impute (defaults) on the 4×4×3-patch matrix (one of the layouts DLRL's ensemble
+    # completes), the stronger of the two layouts for Soft-Impute (astronaut: 20.25 dB vs
     # 19.19 dB with the channels side by side, H × 3W; bench/results/images.md)
     base, p_base, t_base = {}, {}, {}
     patch = report["settings"]["patch"]
@@ -687,9 +688,10 @@ def _demo_image(a, out, quick):
             "metric": "PSNR dB (missing pixels)", "better": "higher", "dlrl": p_dlrl,
             "baseline": p_base, "dlrl_seconds": t_dlrl, "baseline_seconds": t_base,
             "dlrl_epochs": sum(m["epochs_run"] for m in report["members"]),
-            "dlrl_method": "`dlrl.images.inpaint` (4×4×3 patches as the columns of one matrix, the mean of "
-                           f"{report['models_run']} DLRL fits, each stopped early on its own 10 % of the "
-                           "observed pixels); Soft-Impute (defaults) on the same matrix",
+            "dlrl_method": "`dlrl.images.inpaint` defaults (the weighted mean of "
+                           f"{report['models_run']} DLRL fits on several matrix layouts of the image — 8×8, 4×4 "
+                           "and 6×6 patches as columns, the channels side by side — each stopped early on its "
+                           "own 10 % of the observed pixels); Soft-Impute (defaults) on the 4×4-patch matrix",
             "dlrl_inpaint": _jsonable(report)}
 
 
@@ -1084,9 +1086,10 @@ def build_parser():
     f.set_defaults(func=cmd_fit)
 
     i = sub.add_parser("inpaint", formatter_class=D, parents=[common], help="fill missing pixels of an image",
-                       description="Complete an image with dlrl.images.inpaint (by default 4×4 patches as the "
-                                   "columns of one matrix; the mean of several DLRL fits, each stopped early on its "
-                                   "own held-back observed pixels) and print the PSNR over the missing pixels.")
+                       description="Complete an image with dlrl.images.inpaint (by default the weighted mean of "
+                                   "12 DLRL fits on several matrix layouts of the image -- 8×8, 4×4 and 6×6 patches "
+                                   "as columns, the channels side by side -- each stopped early on its own held-back "
+                                   "observed pixels) and print the PSNR over the missing pixels.")
     i.add_argument("image", metavar="IMAGE", help="a PNG/JPEG file, or 'sample' for scikit-image's astronaut")
     m = i.add_mutually_exclusive_group()
     m.add_argument("--missing", type=open_fraction, default=0.4,
@@ -1097,11 +1100,12 @@ def build_parser():
     i.add_argument("--size", type=positive_int, default=None, help="resize so that the longer side has this many pixels")
     i.add_argument("--out", default="inpainted.png", help="recovered image; a _side_by_side.png figure is written next to it")
     i.add_argument("--force", action="store_true", help="replace existing output files (never an input)")
-    i.add_argument("--layout", choices=["patches", "channels"], default=None,
-                   help="the matrix completed: patches (each 4×4×C patch a column; default) or channels "
-                        "(H × C·W, the channels side by side)")
+    i.add_argument("--layout", choices=["mixed", "patches", "channels"], default=None,
+                   help="the matrix completed: mixed (default: the ensemble's fits use patches of several sizes "
+                        "and the channel layout), patches (each 4×4×C patch a column) or channels (H × C·W, the "
+                        "channels side by side)")
     i.add_argument("--models", type=positive_int, default=None,
-                   help="DLRL fits averaged, each stopped on its own 10 %% of the observed pixels (default 4, at most 10)")
+                   help="DLRL fits averaged, each stopped on its own 10 %% of the observed pixels (default 12)")
     _model_options(i, images=True)
     i.set_defaults(func=cmd_inpaint)
 
