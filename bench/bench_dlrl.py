@@ -158,7 +158,7 @@ def time_processes(data, k, epochs):
             print(f"whole process: {wall:.2f} s (fit {runs[-1]['fit_seconds']:.2f} s, RMSE {runs[-1]['test_rmse']:.4f})",
                   flush=True)
     walls = sorted(r["wall_seconds"] for r in runs)
-    return {"command": " ".join(["dlrl", *args[1:-3]]), "runs": runs, "median_wall_seconds": walls[len(walls) // 2],
+    return {"command": " ".join(["dlrl", *args[len(cmd):-3]]), "runs": runs, "median_wall_seconds": walls[len(walls) // 2],
             "min_wall_seconds": walls[0]}
 
 

@@ -247,3 +247,62 @@ def test_published_operator_rank_deficient_g(backend, dtype):
     (_published_composed(c, expo) * gM).sum().backward()
     err = float((Sd.grad[1].double() - c.grad[1]).abs().max()) / float(c.grad[1].abs().max())
     assert err < (1e-8 if dtype == torch.float64 else 0.05), f"gradient off by {err:.3g} (seed {seed}, {backend})"
+
+
+@pytest.mark.parametrize("backend", _published_routes())
+def test_published_operator_opcheck(backend):
+    """dlrl::published_operator (and the backward op it calls): schema, fake (Q row-major) and
+    autograd registration pass torch.library.opcheck on both routes."""
+    import os
+
+    from dlrl_kernels.ops.pinv import published_backend  # noqa: F401  (registers the ops)
+
+    seed = int.from_bytes(os.urandom(4), "little")
+    S = _spd_batch(seed, 3, 5, torch.float64).requires_grad_()
+    expo = torch.tensor([-0.5, -0.25, 0.5], dtype=torch.float64)[:, None, None]
+    torch.library.opcheck(torch.ops.dlrl.published_operator.default, (S, expo, backend))
+
+
+def test_published_native_backward_matches_twin_with_cut_eigenvalues():
+    """The C backward against the torch twin where G has cut eigenvalues and e ≠ 0 (the
+    Golub–Pereyra null-space terms), with diagonal ties and a zero diagonal entry (sign(0))."""
+    import os
+
+    from dlrl_kernels import cpu
+    from dlrl_kernels.ops.pinv import published_backward_torch
+
+    if not cpu.status()[0]:
+        pytest.skip(cpu.status()[1])
+    seed = int.from_bytes(os.urandom(4), "little")
+    g = torch.Generator().manual_seed(seed)
+    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
+        I, d = 3, 20
+        Q, _ = torch.linalg.qr(torch.randn(I, d, d, generator=g, dtype=torch.float64))
+        lam = torch.randn(I, d, generator=g, dtype=torch.float64).abs() + 0.5
+        inv = torch.where(torch.arange(d) < 4, torch.zeros(()), 1.0 / lam)  # four cut eigenvalues each
+        A = torch.rand(I, d + 3, d, generator=g, dtype=torch.float64) + 0.1
+        S = A.transpose(-1, -2) @ A
+        S[0, 2, 2] = S[0, 5, 5] = S[0].diagonal().max()  # a tie for the largest |S_ii|
+        S[1, 3, 3] = 0.0
+        expo = torch.tensor([-0.5, -0.3, 0.7], dtype=torch.float64)[:, None, None]
+        gM = torch.randn(I, d, d, generator=g, dtype=torch.float64)
+        args = [t.to(dtype) for t in (S, expo, Q, inv, gM)]
+        a = cpu.published_backward(*args)
+        b = published_backward_torch(*[t.double() for t in args])
+        err = float((a.double() - b).abs().max() / b.abs().max())
+        assert err < tol, f"{dtype}: rel err {err:.2e} (seed {seed})"
+
+
+def test_published_backend_choice(monkeypatch):
+    """DLRL_BACKEND=triton / cuda (no published kernel of their own) run the torch twin rather than
+    failing; reference stays reference; CPU tensors with auto use the native kernels when built."""
+    from dlrl_kernels import cpu
+    from dlrl_kernels.ops.pinv import published_backend
+
+    monkeypatch.setenv("DLRL_BACKEND", "triton")
+    assert published_backend("auto", "cpu") == "reference"
+    monkeypatch.setenv("DLRL_BACKEND", "reference")
+    assert published_backend("auto", "cpu") == "reference"
+    monkeypatch.delenv("DLRL_BACKEND")
+    assert published_backend("triton", "cpu") == "reference"
+    assert published_backend("auto", "cpu") == ("cpu" if cpu.status()[0] else "reference")

@@ -327,6 +327,47 @@ def _chain_fns(d, dtype):
     return fns
 
 
+def _check_chain(N, Ws, ue, ve, crow, cols, values):
+    """Shapes, dtypes and devices the kernels' raw pointers rely on (metadata only: no host
+    sync); each failure names the argument."""
+    I = len(Ws)
+    if N.dim() != 3 or N.shape[0] != I or N.shape[1] != N.shape[2] or I < 2:
+        raise ValueError(f"N: expected shape ({I}, d, d) for {I} ≥ 2 weights, got {tuple(N.shape)}")
+    d, dt = N.shape[-1], N.dtype
+    for name, t in [("N", N), *((f"Ws[{i}]", W) for i, W in enumerate(Ws)), ("ue", ue), ("ve", ve),
+                    ("values", values)]:
+        if t is None:
+            continue
+        if t.dtype != dt:
+            raise TypeError(f"{name}: expected {dt} like N, got {t.dtype}")
+        if t.device.type != "cpu":
+            raise ValueError(f"{name}: the native CPU kernels take CPU tensors, got one on {t.device}")
+    W1, WI = Ws[0], Ws[-1]
+    if W1.dim() != 2 or W1.shape[1] != d:
+        raise ValueError(f"Ws[0]: expected a tall first weight (m, {d}), got {tuple(W1.shape)}")
+    if WI.dim() != 2 or WI.shape[0] != d:
+        raise ValueError(f"Ws[{I - 1}]: expected a wide last weight ({d}, n), got {tuple(WI.shape)}")
+    for i, W in enumerate(Ws[1:-1], start=1):
+        if tuple(W.shape) != (d, d):
+            raise ValueError(f"Ws[{i}]: expected a middle weight ({d}, {d}), got {tuple(W.shape)}")
+    m, n = W1.shape[0], WI.shape[1]
+    if (ue is None) != (ve is None):
+        raise ValueError("ue/ve: give both or neither")
+    if ue is not None:
+        k = ue.shape[-1]
+        if ue.dim() != 2 or tuple(ue.shape) != (m, k) or tuple(ve.shape) != (n, k):
+            raise ValueError(f"ue/ve: expected shapes ({m}, k) and ({n}, k), got {tuple(ue.shape)} and {tuple(ve.shape)}")
+        if k > CHAIN_MAX_EXTRA:
+            raise ValueError(f"ue: expected at most {CHAIN_MAX_EXTRA} extra columns, got {k}")
+    if crow.dim() != 1 or crow.numel() != m + 1 or crow.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"crow: expected an integer CSR row pointer of {m + 1} entries, got {crow.dtype} "
+                         f"of shape {tuple(crow.shape)}")
+    if cols.dim() != 1 or values.dim() != 1 or cols.numel() != values.numel() or \
+            cols.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"cols/values: expected integer cols and values of equal length, got {cols.dtype} "
+                         f"{tuple(cols.shape)} and {tuple(values.shape)}")
+
+
 def chain_loss(N, Ws, wide, ue, ve, relu, crow, cols, values, with_grad):
     """The whole ``dlrl::chain_loss_sparse`` (ops/chain_loss.py) on the CPU: the middle blocks and
     their product, the outer blocks with the sparse loss between them, and — with
@@ -345,18 +386,21 @@ def chain_loss(N, Ws, wide, ue, ve, relu, crow, cols, values, with_grad):
     I = len(Ws)
     d = N.shape[-1]
     dt = N.dtype
+    _check_chain(N, Ws, ue, ve, crow, cols, values)
     mid_fwd, cols_fwd, rows_f, cols_bwd, mid_bwd = _chain_fns(d, dt)
     W1, WI = Ws[0], Ws[-1]
     m, n = W1.shape[0], WI.shape[1]
     I2, dd = I - 2, d * d
     k = 0 if ue is None else ue.shape[1]
-    if k > CHAIN_MAX_EXTRA:
-        raise ValueError(f"ue: expected at most {CHAIN_MAX_EXTRA} extra columns, got {k}")
     N, W1, WI = N.contiguous(), W1.contiguous(), WI.contiguous()
     if ue is not None:
         ue, ve = ue.contiguous(), ve.contiguous()
     if values.dtype != dt:
         values = values.to(dt)
+    if cols.dtype != torch.int64:
+        cols = cols.long()
+    if crow.dtype != torch.int64:
+        crow = crow.long()
     cols, values, crow = cols.contiguous(), values.contiguous(), crow.contiguous()
     two = _two_threads(values.numel())
     parts = 2 if two else 1

@@ -162,6 +162,11 @@ DLRL_KERNELS(double, f64)
  * the gradient gW is written with the same strides. The d x d matrices are transposed into
  * local arrays once so that every inner loop runs over contiguous memory with trip count d.
  */
+/* d x d scratch arrays live on the stack only in builds for a small d (at most 32: 8 KiB per
+ * float64 array); larger and generic builds allocate them, so that a thread with a small stack
+ * (the pool thread, user threads) never overflows at d = 128 */
+#define STACK_OK (DLRL_D > 0 && DLRL_D <= 32)
+#define STACK_DD (STACK_OK ? DLRL_D * DLRL_D : 1)
 #define DLRL_CHAIN(T, SUF)                                                                      \
     /* v_j = act(W(j,:) N) for j in [j0, j1): the last block's rows (n x d, row-major Y) */     \
     void dlrl_chain_cols_fwd_##SUF(int64_t j0, int64_t j1, int64_t d_, const T *restrict W,    \
@@ -177,7 +182,7 @@ DLRL_KERNELS(double, f64)
                 for (int64_t t = 0; t < d; ++t) y[t] += w * nr[t];                              \
             }                                                                                   \
             T *restrict out = Y + j * d;                                                        \
-            for (int64_t t = 0; t < d; ++t) out[t] = (relu && !(y[t] > 0)) ? (T)0 : y[t];       \
+            for (int64_t t = 0; t < d; ++t) out[t] = (relu && y[t] < 0) ? (T)0 : y[t];          \
         }                                                                                       \
     }                                                                                           \
     /* the row pass over rows [i0, i1) (entries crow[i0] .. crow[i1]); Q, Qe, gN, gMid and   \
@@ -192,11 +197,11 @@ DLRL_KERNELS(double, f64)
                                T *restrict gW, T *restrict gN, T *restrict gMid,                 \
                                T *restrict gue) {                                                \
         const int64_t d = DIM(d_);                                                              \
-        /* N^T and Mid^T: on the stack in a build for one d, else on the heap (free(0) is a no-op) */ \
-        T NT[(DLRL_D > 0 ? DLRL_D * DLRL_D : 1)], MT[(DLRL_D > 0 ? DLRL_D * DLRL_D : 1)];         \
-        T *heap = DLRL_D > 0 ? 0 : (T *)malloc((size_t)(2 * d * d + 1) * sizeof(T));             \
-        if (DLRL_D == 0 && !heap) return -1;                                                   \
-        T *nt = DLRL_D > 0 ? NT : heap, *mt = DLRL_D > 0 ? MT : heap + d * d;                   \
+        /* N^T and Mid^T: on the stack for a small specialised d, else on the heap */          \
+        T NT[STACK_DD], MT[STACK_DD];                                                           \
+        T *heap = STACK_OK ? 0 : (T *)malloc((size_t)(2 * d * d + 1) * sizeof(T));              \
+        if (!STACK_OK && !heap) return -1;                                                     \
+        T *nt = STACK_OK ? NT : heap, *mt = STACK_OK ? MT : heap + d * d;                       \
         for (int64_t s = 0; s < d; ++s)                                                         \
             for (int64_t t = 0; t < d; ++t) {                                                   \
                 nt[t * d + s] = N[s * d + t];                                                   \
@@ -232,7 +237,7 @@ DLRL_KERNELS(double, f64)
                 for (int64_t t = 0; t < d; ++t) y[t] += w[s] * nr[t];                           \
             }                                                                                   \
             if (relu)                                                                           \
-                for (int64_t t = 0; t < d; ++t) y[t] = y[t] > 0 ? y[t] : (T)0;                  \
+                for (int64_t t = 0; t < d; ++t) y[t] = y[t] < 0 ? (T)0 : y[t];                  \
             if (Mid) {                                                                          \
                 for (int64_t t = 0; t < d; ++t) u[t] = 0;                                       \
                 for (int64_t s = 0; s < d; ++s) {                                               \
@@ -303,8 +308,8 @@ DLRL_KERNELS(double, f64)
                                    const T *restrict Y, const T *restrict Q, T *restrict gW,     \
                                    T *restrict gN) {                                             \
         const int64_t d = DIM(d_);                                                              \
-        T NT[(DLRL_D > 0 ? DLRL_D * DLRL_D : 1)];                                               \
-        T *nt = DLRL_D > 0 ? NT : (T *)malloc((size_t)(d * d + 1) * sizeof(T));                 \
+        T NT[STACK_DD];                                                                         \
+        T *nt = STACK_OK ? NT : (T *)malloc((size_t)(d * d + 1) * sizeof(T));                   \
         if (!nt) return -1;                                                                     \
         for (int64_t s = 0; s < d; ++s)                                                         \
             for (int64_t t = 0; t < d; ++t) nt[t * d + s] = N[s * d + t];                       \
@@ -327,7 +332,7 @@ DLRL_KERNELS(double, f64)
                 for (int64_t t = 0; t < d; ++t) gn[t] += w[s] * gv[t];                          \
             }                                                                                   \
         }                                                                                       \
-        if (DLRL_D == 0) free(nt);                                                              \
+        if (!STACK_OK) free(nt);                                                                \
         return 0;                                                                               \
     }
 
@@ -372,7 +377,7 @@ DLRL_CHAIN(double, f64)
             T *y = Y + k * dd;                                                                  \
             mm_##SUF(d, Wm + k * dd, (int)wide[k], Nm + k * dd, 0, y);                          \
             if (relu)                                                                           \
-                for (int64_t i = 0; i < dd; ++i) y[i] = y[i] > 0 ? y[i] : (T)0;                 \
+                for (int64_t i = 0; i < dd; ++i) y[i] = y[i] < 0 ? (T)0 : y[i];                 \
             if (wide[k]) tr_##SUF(d, y, X + k * dd);                                            \
             else memcpy(X + k * dd, y, (size_t)dd * sizeof(T));                                 \
             if (k == 0) memcpy(mids, X, (size_t)dd * sizeof(T));                                \
@@ -386,8 +391,8 @@ DLRL_CHAIN(double, f64)
                                  const T *restrict mids, const T *restrict gMid,                 \
                                  T *restrict gW, T *restrict gN) {                               \
         const int64_t d = DIM(d_), dd = d * d;                                                  \
-        T stack[(DLRL_D > 0 ? 4 * DLRL_D * DLRL_D : 1)];                                        \
-        T *buf = DLRL_D > 0 ? stack : (T *)malloc((size_t)(4 * dd) * sizeof(T));                \
+        T stack[4 * STACK_DD];                                                                  \
+        T *buf = STACK_OK ? stack : (T *)malloc((size_t)(4 * dd) * sizeof(T));                  \
         if (!buf) return -1;                                                                    \
         T *gM = buf, *gX = buf + dd, *gT = buf + 2 * dd, *tmp = buf + 3 * dd;                  \
         memcpy(gM, gMid, (size_t)dd * sizeof(T));                                               \
@@ -412,7 +417,7 @@ DLRL_CHAIN(double, f64)
                 mm_##SUF(d, W, 1, gT, 0, gN + j * dd);                                          \
             }                                                                                   \
         }                                                                                       \
-        if (DLRL_D == 0) free(buf);                                                             \
+        if (!STACK_OK) free(buf);                                                               \
         return 0;                                                                               \
     }
 
@@ -479,8 +484,8 @@ DLRL_MID(double, f64)
                                 const T *restrict expo, const T *restrict Q,                     \
                                 const T *restrict inv, const T *restrict gM, T *restrict gS) {   \
         const int64_t d = DIM(d_), dd = d * d;                                                  \
-        T stack[(DLRL_D > 0 ? 3 * DLRL_D * DLRL_D : 1)];                                        \
-        T *buf = DLRL_D > 0 ? stack : (T *)malloc((size_t)(3 * dd) * sizeof(T));                \
+        T stack[3 * STACK_DD];                                                                  \
+        T *buf = STACK_OK ? stack : (T *)malloc((size_t)(3 * dd) * sizeof(T));                  \
         if (!buf) return -1;                                                                    \
         T *g = buf, *c = buf + dd, *tmp = buf + 2 * dd;                                         \
         for (int64_t k = 0; k < I; ++k) {                                                       \
@@ -518,7 +523,7 @@ DLRL_MID(double, f64)
                     gs[i * d + i] += (T)0.002 * gst / (T)ntop * (T)((v > 0) - (v < 0));         \
             }                                                                                   \
         }                                                                                       \
-        if (DLRL_D == 0) free(buf);                                                             \
+        if (!STACK_OK) free(buf);                                                               \
         return 0;                                                                               \
     }
 

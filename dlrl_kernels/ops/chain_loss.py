@@ -137,8 +137,7 @@ _op = torch.library.custom_op("dlrl::chain_loss_sparse", _impl, mutates_args=())
 def _(N, Ws, wide, u_extra, v_extra, activation, rows, cols, values, backend, with_grad, crow, ccol, col_order,
       rows_by_col):
     if not with_grad:
-        e = N.new_empty(0)
-        return N.new_empty(()), e, e, e, e
+        return N.new_empty(()), N.new_empty(0), N.new_empty(0), N.new_empty(0), N.new_empty(0)
     k = 0 if u_extra is None else u_extra.shape[1]
     return (N.new_empty(()), N.new_empty(N.shape), N.new_empty(sum(W.numel() for W in Ws)),
             N.new_empty(Ws[0].shape[0], k) if k else N.new_empty(0),

@@ -24,6 +24,7 @@ Backward (both routes): the constant-rank derivative of the pseudo-inverse,
     ∂/∂G = −X̃ Ḡ X̃ + (I − G X)ᵀ-side terms      (X̃ = Xᵀ; see ``pinv_backward``)
 which is exact wherever the rank is locally constant (ranks decided by ``rtol``).
 """
+import os
 import types
 from typing import Optional
 
@@ -217,7 +218,7 @@ def published_forward_torch(S, expo, rtol):
     of G (``sym_pinv_eig``) — the reference twin of ``cpu.published_forward``."""
     G = 0.5 * torch.pow(S + _published_shift(S)[..., None, None], expo)
     P, Q, inv = sym_pinv_eig(G, rtol)
-    return 0.5 * P, Q, inv
+    return 0.5 * P, Q.contiguous(), inv  # (eigh returns Q column-major; the op's fake says row-major)
 
 
 def published_backward_torch(S, expo, Q, inv, gM):
@@ -257,10 +258,24 @@ TABLE_PUBLISHED = _dispatch.OpTable(
 
 @_dispatch.constant_result
 def published_backend(backend: str, device: str) -> str:
-    """The published operator's implementation for a model / call ``backend``: the native CPU
-    kernels where "auto" or "cpu" would pick them, else the torch twin (it runs on any device;
-    there is no Triton or CUDA kernel of its own)."""
-    return TABLE_PUBLISHED.resolve("auto" if backend in ("auto", "cpu") else "reference", torch.device(device))[0]
+    """The published operator's implementation for a model / call ``backend``: "cpu" (the native
+    kernels) for CPU tensors when ``backend`` is "cpu", or "auto" with ``DLRL_BACKEND`` unset /
+    "auto" / "cpu", and the kernels build; else "reference" — the torch twin, which runs on any
+    device (the op has no Triton or CUDA kernel of its own, so a Triton / CUDA choice, forced
+    or from ``DLRL_BACKEND``, runs the twin there). An explicit "cpu" without the native kernels
+    raises, as every op's forced backend does."""
+    if backend == "auto":
+        backend = os.environ.get("DLRL_BACKEND", "auto") or "auto"
+        if backend == "cpu":
+            backend = "auto"  # the variable prefers the kernels; without them "auto" falls back
+    if torch.device(device).type != "cpu" or backend not in ("auto", "cpu"):
+        return "reference"
+    ok, why = _dispatch.native_status()
+    if ok:
+        return "cpu"
+    if backend == "cpu":
+        raise RuntimeError(f"backend='cpu': the native CPU kernels are unavailable ({why})")
+    return "reference"
 
 
 def _per_matrix(S, expo):
@@ -272,10 +287,31 @@ def _published_route(S, expo, backend):
     return backend if backend == "cpu" and S.device.type == "cpu" and _per_matrix(S, expo) else "reference"
 
 
+def _published_grad_impl(S: Tensor, expo: Tensor, Q: Tensor, inv: Tensor, gM: Tensor, backend: str) -> Tensor:
+    return TABLE_PUBLISHED.load(_published_route(S, expo, backend)).backward(S, expo, Q, inv, gM)
+
+
+_published_grad_op = torch.library.custom_op("dlrl::published_operator_backward", _published_grad_impl,
+                                             mutates_args=())
+
+
+@_published_grad_op.register_fake
+def _(S, expo, Q, inv, gM, backend):
+    return S.new_empty(S.shape)
+
+
 def published_grad(S: Tensor, expo: Tensor, Q: Tensor, inv: Tensor, gM: Tensor, backend: str) -> Tensor:
     """∂L/∂S for ∂L/∂M of the op's forward ``(M, Q, inv) = _published_impl(S, expo, backend)`` —
-    the op's own backward, callable without autograd (the model's autograd-free training step)."""
-    return TABLE_PUBLISHED.load(_published_route(S, expo, backend)).backward(S, expo, Q, inv, gM)
+    the op's own backward, callable without autograd (the model's autograd-free training step).
+
+    It is an op of its own (``dlrl::published_operator_backward``) because AOTAutograd traces
+    the operator's backward with fake / functional tensors, which the native kernels (raw data
+    pointers) cannot take: while compiling, or whenever a tensor is a subclass (fake,
+    functional), the registered op is called; plain tensors go straight to the function (no
+    torch.library dispatch cost, no torch._dynamo import)."""
+    if torch.compiler.is_compiling() or type(S) is not Tensor or type(gM) is not Tensor:
+        return torch.ops.dlrl.published_operator_backward(S, expo, Q, inv, gM, backend)
+    return _published_grad_impl(S, expo, Q, inv, gM, backend)
 
 
 def _published_impl(S: Tensor, expo: Tensor, backend: str) -> tuple[Tensor, Tensor, Tensor]:

@@ -619,8 +619,8 @@ class DLRL(nn.Module):
         fusable). Built once per fit: at ML-100K's size even these lookups show in an epoch."""
         cfg = self.config
         if obs.pattern is None or os.environ.get("DLRL_MANUAL", "1") == "0" or \
-                os.environ.get("DLRL_FUSED", "1") == "0":
-            return None
+                os.environ.get("DLRL_FUSED", "1") == "0" or (not cfg.bias and obs.X is not None and cfg.dense):
+            return None  # (dense=True: the user chose the dense loss kernel, which ``loss`` runs)
         from dlrl_kernels.ops import chain_loss as _cl
         from dlrl_kernels.ops import masked_residual_sparse as _mrs
 
