@@ -254,7 +254,9 @@ def render_md(results_json, before_after_json=None):
     load = meta.get("load_average")
     out = [f"MovieLens-100K, {meta['data'].split(', ', 1)[-1]}, {meta['epochs']} epochs a fit, {meta['threads']} thread(s), "
            f"torch {meta['torch']}, {meta['date']}" + (f", load average {load[0]:.1f} at the end" if load else "") +
-           f". Command: `python bench/bench_dlrl.py --threads 1 --repeats 2 --json {Path(results_json).as_posix()}`"
+           f". Command: `python bench/bench_dlrl.py --threads 1 --repeats 2"
+           + (f" --process {len(d['process']['runs'])}" if d.get("process") else "")
+           + f" --json {Path(results_json).as_posix()}`"
            " (rows side by side in one process; best of the repeats).", "",
            "| system | test RMSE | fit time (s) | speed-up vs eager dense |", "|---|---|---|---|"]
     for r in rows:
@@ -269,8 +271,11 @@ def render_md(results_json, before_after_json=None):
                     f"{max(r['fit_seconds'] for r in proc['runs']):.2f} s of it)."]
     if before_after_json:
         ba = json.loads(Path(before_after_json).read_text())
+        busy_any = bool(ba.get("busy_neighbour", {}).get("rows"))
         out += ["", f"Before/after ({ba['meta']['before']} vs {ba['meta']['after']}; interleaved in the same minutes, "
-                    "best CPU seconds of 2; then beside one core-spinning process):", "",
+                    f"best CPU seconds of {ba['meta'].get('rounds', 2)}"
+                    + ("; then beside one core-spinning process" if busy_any else "")
+                    + (f"; command: `{ba['meta']['command']}`" if ba["meta"].get("command") else "") + "):", "",
                 "| system | before (s) | after (s) | speed-up | busy neighbour: before → after (s) |", "|---|---|---|---|---|"]
         busy = ba.get("busy_neighbour", {}).get("rows", {})
         for r in ba["rows"]:
