@@ -366,23 +366,26 @@ def to_markdown(res):
         ps = list(next(iter(pt.values())).keys())
         out += ["", "#### Plateau patience, judged the same way (the 12-member default ensemble; outer-pixel PSNR in dB; "
                     "`DLRL.fit`'s plateau schedule on the training loss cuts the lr ×0.1 after `patience` epochs without "
-                    "a better loss and stops after three cuts; paper mode's own patience is 5)", "",
-                "| case | " + " | ".join(f"patience {p}" for p in ps) + " |", "|---|" + "---|" * len(ps)]
-        for case, d in pt.items():
-            out.append(f"| {case} | " + " | ".join(f"{d[p]:.2f}" for p in ps) + " |")
-        out.append("| mean | " + " | ".join(f"{sum(d[p] for d in pt.values()) / len(pt):.2f}" for p in ps) + " |")
+                    "a better loss and stops after three cuts; paper mode's own patience is 5)", ""]
+        out += _table_with_mean("case", pt, ps, [f"patience {p}" for p in ps])
     val = res.get("validation")
     if val:
         names = list(next(iter(val.values())).keys())
         out += ["", "#### Validation table behind rank / blocks / biases (random mask; held-back fold 0, whole "
                     "pixels, one fit on 4×4 patches unless said; 'default' = the previous default; validation PSNR in "
-                    "dB, higher is better; the truth is not used)", "",
-                "| image | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-        for img, d in val.items():
-            out.append(f"| {img} | " + " | ".join(f"{d[k]:.2f}" for k in names) + " |")
-        means = {k: sum(d[k] for d in val.values()) / len(val) for k in names}
-        out.append("| mean | " + " | ".join(f"{means[k]:.2f}" for k in names) + " |")
+                    "dB, higher is better; the truth is not used)", ""]
+        out += _table_with_mean("image", val, names, names)
     return "\n".join(out) + "\n"
+
+
+def _table_with_mean(first, table, keys, headers):
+    """Markdown rows: one per entry of ``table`` ({row: {key: dB}}), the columns ``keys`` under
+    ``headers``, and a last row with each column's mean."""
+    out = [f"| {first} | " + " | ".join(headers) + " |", "|---|" + "---|" * len(keys)]
+    for row, d in table.items():
+        out.append(f"| {row} | " + " | ".join(f"{d[k]:.2f}" for k in keys) + " |")
+    out.append("| mean | " + " | ".join(f"{sum(d[k] for d in table.values()) / len(table):.2f}" for k in keys) + " |")
+    return out
 
 
 def main(argv=None):

@@ -67,6 +67,17 @@ def native_status() -> tuple:
     return tuple(cpu.status())
 
 
+def native_module():
+    """``dlrl_kernels.cpu`` when its kernels build, else a RuntimeError saying why — the loader of
+    every op table's "cpu" entry (``OpTable.resolve`` falls back from "auto" on that error)."""
+    ok, why = native_status()
+    if not ok:
+        raise RuntimeError(f"the native CPU kernels are unavailable: {why}")
+    from . import cpu
+
+    return cpu
+
+
 def resolve(backend: str, device: torch.device, op: str, triton_ok: bool = True, cuda_ok: bool = False,
             cpu_ok: bool = False) -> str:
     """Return the concrete backend for one call of ``op`` on tensors living on ``device``.

@@ -196,19 +196,26 @@ def _pool():
     return _state["pool"]
 
 
-def _suffix(t: torch.Tensor) -> str:
-    if t.dtype == torch.float32:
+def _suffix(t) -> str:
+    """The entry points' type suffix for a tensor or a dtype."""
+    dtype = t if isinstance(t, torch.dtype) else t.dtype
+    if dtype == torch.float32:
         return "f32"
-    if t.dtype == torch.float64:
+    if dtype == torch.float64:
         return "f64"
-    raise TypeError(f"dlrl_kernels.cpu: expected float32 or float64 tensors, got {t.dtype}")
+    raise TypeError(f"dlrl_kernels.cpu: expected float32 or float64 tensors, got {dtype}")
+
+
+def _require(d):
+    """The build for rank d, or a RuntimeError saying why the kernels are unavailable."""
+    lib = _lib(d)
+    if lib is None:
+        raise RuntimeError(f"the native CPU kernels are unavailable: {_state.get('why')}")
+    return lib
 
 
 def _prep(U, Vt, rows, cols):
-    lib = _lib(U.shape[1])
-    if lib is None:
-        raise RuntimeError(f"the native CPU kernels are unavailable: {_state.get('why')}")
-    return lib, U.contiguous(), Vt.contiguous(), rows.contiguous().long(), cols.contiguous().long()
+    return _require(U.shape[1]), U.contiguous(), Vt.contiguous(), rows.contiguous().long(), cols.contiguous().long()
 
 
 def _two_threads(nnz):
@@ -316,12 +323,7 @@ def _chain_fns(d, dtype):
     key = (int(d), dtype)
     fns = _state.get(("chain", key))
     if fns is None:
-        lib = _lib(d)
-        if lib is None:
-            raise RuntimeError(f"the native CPU kernels are unavailable: {_state.get('why')}")
-        suf = "f32" if dtype == torch.float32 else "f64" if dtype == torch.float64 else None
-        if suf is None:
-            raise TypeError(f"dlrl_kernels.cpu: expected float32 or float64 tensors, got {dtype}")
+        lib, suf = _require(d), _suffix(dtype)
         fns = tuple(getattr(lib, f"dlrl_chain_{f}_{suf}") for f in ("mid_fwd", "cols_fwd", "rows", "cols_bwd", "mid_bwd"))
         _state[("chain", key)] = fns
     return fns
@@ -465,9 +467,10 @@ def chain_loss(N, Ws, wide, ue, ve, relu, crow, cols, values, with_grad):
         for name, sz in zip(("mid", "Y", "Q", "gMid", "gacc", "Qe", "gue"), sizes):
             views[name] = ws[o:o + sz]
             o += sz
-        for name, each in (("Q", n * d), ("gMid", dd), ("Qe", n * kk)):
-            v = views[name]
-            v[:each] += v[each:]
+        for name, each, used in (("Q", n * d, True), ("gMid", dd, I2 > 0), ("Qe", n * kk, k > 0)):
+            if used:  # (gMid without middle blocks and Qe without extra columns are never written)
+                v = views[name]
+                v[:each] += v[each:]
         ga = views["gacc"]
         torch.add(ga[:dd], ga[dd:2 * dd], out=gN[0].view(-1))
         J = 0.5 * J.sum()
@@ -497,11 +500,10 @@ def chain_loss(N, Ws, wide, ue, ve, relu, crow, cols, values, with_grad):
 
 
 # ----------------------------------------------------------------------------- published operator
-def _pub_lib(S):
-    lib = _lib(S.shape[-1])
-    if lib is None:
-        raise RuntimeError(f"the native CPU kernels are unavailable: {_state.get('why')}")
-    return lib, _suffix(S)
+def _pub_args(S, expo):
+    """(lib, suffix, contiguous S, one exponent per matrix as a contiguous vector)."""
+    S = S.contiguous()
+    return _require(S.shape[-1]), _suffix(S), S, expo.reshape(-1).to(S.dtype).expand(S.shape[0]).contiguous()
 
 
 def published_forward(S, expo, rtol):
@@ -509,10 +511,8 @@ def published_forward(S, expo, rtol):
     (``expo``: I values): G = ½(S + st)^∘e in C, G = Q diag(λ) Qᵀ by torch.linalg.eigh,
     inv = the cut reciprocal eigenvalues and M = ½ Q diag(inv) Qᵀ in C (``sparse_cpu.c``,
     ``dlrl_pub_*``)."""
-    lib, suf = _pub_lib(S)
-    S = S.contiguous()
+    lib, suf, S, e = _pub_args(S, expo)
     I, d = S.shape[0], S.shape[-1]
-    e = expo.reshape(-1).to(S.dtype).expand(I).contiguous()
     G = torch.empty_like(S)
     getattr(lib, f"dlrl_pub_power_{suf}")(I, d, S.data_ptr(), e.data_ptr(), G.data_ptr())
     lam, Q = torch.linalg.eigh(G)
@@ -526,10 +526,9 @@ def published_forward(S, expo, rtol):
 def published_backward(S, expo, Q, inv, gM):
     """∂L/∂S of ``published_forward`` for ∂L/∂M (the composition of the pinv, power and shift
     adjoints; see ``sparse_cpu.c``)."""
-    lib, suf = _pub_lib(S)
-    S, Q, inv, gM = S.contiguous(), Q.contiguous(), inv.contiguous(), gM.contiguous()
+    lib, suf, S, e = _pub_args(S, expo)
+    Q, inv, gM = Q.contiguous(), inv.contiguous(), gM.contiguous()
     I, d = S.shape[0], S.shape[-1]
-    e = expo.reshape(-1).to(S.dtype).expand(I).contiguous()
     gS = torch.empty_like(S)
     if getattr(lib, f"dlrl_pub_backward_{suf}")(I, d, S.data_ptr(), e.data_ptr(), Q.data_ptr(), inv.data_ptr(),
                                                  gM.data_ptr(), gS.data_ptr()) != 0:

@@ -167,22 +167,88 @@ DLRL_KERNELS(double, f64)
  * (the pool thread, user threads) never overflows at d = 128 */
 #define STACK_OK (DLRL_D > 0 && DLRL_D <= 32)
 #define STACK_DD (STACK_OK ? DLRL_D * DLRL_D : 1)
+/* d x d and row helpers shared by the chain and published-operator kernels (static, so each
+ * specialised build inlines them with its compile-time d) */
+#define DLRL_SMALL(T, SUF)                                                                      \
+    /* out = x A: a row vector times a d x d row-major matrix (out[t] = sum_s x[s] A[s][t]) */  \
+    static inline void vecmat_##SUF(int64_t d_, const T *restrict x, const T *restrict A,      \
+                                    T *restrict out) {                                           \
+        const int64_t d = DIM(d_);                                                              \
+        for (int64_t t = 0; t < d; ++t) out[t] = 0;                                             \
+        for (int64_t s = 0; s < d; ++s) {                                                       \
+            const T *restrict ar = A + s * d;                                                   \
+            for (int64_t t = 0; t < d; ++t) out[t] += x[s] * ar[t];                             \
+        }                                                                                       \
+    }                                                                                           \
+    /* G += a^T b (d x d, row-major) */                                                         \
+    static inline void outer_add_##SUF(int64_t d_, const T *restrict a, const T *restrict b,   \
+                                       T *restrict G) {                                          \
+        const int64_t d = DIM(d_);                                                              \
+        for (int64_t s = 0; s < d; ++s) {                                                       \
+            T *restrict gr = G + s * d;                                                         \
+            for (int64_t t = 0; t < d; ++t) gr[t] += a[s] * b[t];                               \
+        }                                                                                       \
+    }                                                                                           \
+    /* row r of a strided W (W(r, s) = W[r*sr + s*sc]) into w, or w into that row */           \
+    static inline void load_row_##SUF(int64_t d_, const T *restrict W, int64_t r, int64_t sr,  \
+                                      int64_t sc, T *restrict w) {                               \
+        const int64_t d = DIM(d_);                                                              \
+        for (int64_t s = 0; s < d; ++s) w[s] = W[r * sr + s * sc];                              \
+    }                                                                                           \
+    static inline void store_row_##SUF(int64_t d_, const T *restrict w, int64_t r, int64_t sr, \
+                                       int64_t sc, T *restrict W) {                              \
+        const int64_t d = DIM(d_);                                                              \
+        for (int64_t s = 0; s < d; ++s) W[r * sr + s * sc] = w[s];                              \
+    }                                                                                           \
+    static void tr_##SUF(int64_t d_, const T *restrict A, T *restrict B) {                      \
+        const int64_t d = DIM(d_);                                                              \
+        for (int64_t i = 0; i < d; ++i)                                                         \
+            for (int64_t j = 0; j < d; ++j) B[j * d + i] = A[i * d + j];                        \
+    }                                                                                           \
+    /* C = op(A) op(B), op = transpose when the flag is set (d x d, row-major) */              \
+    static void mm_##SUF(int64_t d_, const T *restrict A, int ta, const T *restrict B, int tb,  \
+                         T *restrict C) {                                                        \
+        const int64_t d = DIM(d_);                                                              \
+        for (int64_t i = 0; i < d * d; ++i) C[i] = 0;                                           \
+        for (int64_t i = 0; i < d; ++i)                                                         \
+            for (int64_t s = 0; s < d; ++s) {                                                   \
+                const T a = ta ? A[s * d + i] : A[i * d + s];                                   \
+                T *restrict c = C + i * d;                                                      \
+                if (tb)                                                                         \
+                    for (int64_t j = 0; j < d; ++j) c[j] += a * B[j * d + s];                   \
+                else                                                                            \
+                    for (int64_t j = 0; j < d; ++j) c[j] += a * B[s * d + j];                   \
+            }                                                                                   \
+    }                                                                                           \
+    /* one block row's backward from the masked output gradient gt: gW(r,:) = gt N^T (nt = N^T) \
+     * and gN += W(r,:)^T gt, with w = W(r,:) already loaded */                                 \
+    static inline void block_row_backward_##SUF(int64_t d_, const T *restrict gt,              \
+                                                const T *restrict w, const T *restrict nt,       \
+                                                int64_t r, int64_t sr, int64_t sc,               \
+                                                T *restrict gW, T *restrict gN) {                \
+        const int64_t d = DIM(d_);                                                              \
+        ACC_DECL2(T, g);                                                                        \
+        vecmat_##SUF(d, gt, nt, g);                                                             \
+        store_row_##SUF(d, g, r, sr, sc, gW);                                                   \
+        outer_add_##SUF(d, w, gt, gN);                                                          \
+    }
+
+DLRL_SMALL(float, f32)
+DLRL_SMALL(double, f64)
+
 #define DLRL_CHAIN(T, SUF)                                                                      \
     /* v_j = act(W(j,:) N) for j in [j0, j1): the last block's rows (n x d, row-major Y) */     \
     void dlrl_chain_cols_fwd_##SUF(int64_t j0, int64_t j1, int64_t d_, const T *restrict W,    \
                                    int64_t sr, int64_t sc, const T *restrict N, int relu,        \
                                    T *restrict Y) {                                              \
         const int64_t d = DIM(d_);                                                              \
-        ACC_DECL2(T, y);                                                                        \
+        ACC_DECL2(T, w);                                                                        \
         for (int64_t j = j0; j < j1; ++j) {                                                     \
-            for (int64_t t = 0; t < d; ++t) y[t] = 0;                                           \
-            for (int64_t s = 0; s < d; ++s) {                                                   \
-                const T w = W[j * sr + s * sc];                                                 \
-                const T *restrict nr = N + s * d;                                               \
-                for (int64_t t = 0; t < d; ++t) y[t] += w * nr[t];                              \
-            }                                                                                   \
             T *restrict out = Y + j * d;                                                        \
-            for (int64_t t = 0; t < d; ++t) out[t] = (relu && y[t] < 0) ? (T)0 : y[t];          \
+            load_row_##SUF(d, W, j, sr, sc, w);                                                 \
+            vecmat_##SUF(d, w, N, out);                                                         \
+            if (relu) /* y < 0 ? 0 : y keeps NaN, as torch.relu */                              \
+                for (int64_t t = 0; t < d; ++t) out[t] = out[t] < 0 ? (T)0 : out[t];            \
         }                                                                                       \
     }                                                                                           \
     /* the row pass over rows [i0, i1) (entries crow[i0] .. crow[i1]); Q, Qe, gN, gMid and   \
@@ -202,11 +268,8 @@ DLRL_KERNELS(double, f64)
         T *heap = STACK_OK ? 0 : (T *)malloc((size_t)(2 * d * d + 1) * sizeof(T));              \
         if (!STACK_OK && !heap) return -1;                                                     \
         T *nt = STACK_OK ? NT : heap, *mt = STACK_OK ? MT : heap + d * d;                       \
-        for (int64_t s = 0; s < d; ++s)                                                         \
-            for (int64_t t = 0; t < d; ++t) {                                                   \
-                nt[t * d + s] = N[s * d + t];                                                   \
-                if (Mid) mt[t * d + s] = Mid[s * d + t];                                        \
-            }                                                                                   \
+        tr_##SUF(d, N, nt);                                                                     \
+        if (Mid) tr_##SUF(d, Mid, mt);                                                          \
         if (with_grad) {                                                                        \
             memset(Q, 0, (size_t)(n * d) * sizeof(T));                                          \
             if (k) memset(Qe, 0, (size_t)(n * k) * sizeof(T));                                  \
@@ -218,7 +281,6 @@ DLRL_KERNELS(double, f64)
         ACC_DECL2(T, u);                                                                        \
         ACC_DECL2(T, acc);                                                                      \
         ACC_DECL2(T, gy);                                                                       \
-        ACC_DECL2(T, g);                                                                        \
         T uex[8], acce[8];                                                                      \
         double jj = 0.0;                                                                        \
         for (int64_t i = i0; i < i1; ++i) {                                                     \
@@ -230,23 +292,12 @@ DLRL_KERNELS(double, f64)
                 }                                                                               \
                 continue;                                                                       \
             }                                                                                   \
-            for (int64_t s = 0; s < d; ++s) w[s] = W[i * sr + s * sc];                          \
-            for (int64_t t = 0; t < d; ++t) y[t] = 0;                                           \
-            for (int64_t s = 0; s < d; ++s) {                                                   \
-                const T *restrict nr = N + s * d;                                               \
-                for (int64_t t = 0; t < d; ++t) y[t] += w[s] * nr[t];                           \
-            }                                                                                   \
+            load_row_##SUF(d, W, i, sr, sc, w);                                                 \
+            vecmat_##SUF(d, w, N, y);                                                           \
             if (relu)                                                                           \
                 for (int64_t t = 0; t < d; ++t) y[t] = y[t] < 0 ? (T)0 : y[t];                  \
-            if (Mid) {                                                                          \
-                for (int64_t t = 0; t < d; ++t) u[t] = 0;                                       \
-                for (int64_t s = 0; s < d; ++s) {                                               \
-                    const T *restrict mr = Mid + s * d;                                         \
-                    for (int64_t t = 0; t < d; ++t) u[t] += y[s] * mr[t];                       \
-                }                                                                               \
-            } else {                                                                            \
-                for (int64_t t = 0; t < d; ++t) u[t] = y[t];                                    \
-            }                                                                                   \
+            if (Mid) vecmat_##SUF(d, y, Mid, u);                                                \
+            else for (int64_t t = 0; t < d; ++t) u[t] = y[t];                                   \
             for (int64_t c = 0; c < k; ++c) { uex[c] = ue[i * k + c]; acce[c] = 0; }            \
             for (int64_t t = 0; t < d; ++t) acc[t] = 0;                                         \
             for (int64_t kk = kb; kk < ke; ++kk) {                                              \
@@ -272,30 +323,14 @@ DLRL_KERNELS(double, f64)
             if (!with_grad) continue;                                                           \
             for (int64_t c = 0; c < k; ++c) gue[i * k + c] = acce[c];                           \
             if (Mid) {                                                                          \
-                for (int64_t s = 0; s < d; ++s) {                                               \
-                    T *restrict gm = gMid + s * d;                                              \
-                    for (int64_t t = 0; t < d; ++t) gm[t] += y[s] * acc[t];                     \
-                }                                                                               \
-                for (int64_t s = 0; s < d; ++s) gy[s] = 0;                                      \
-                for (int64_t t = 0; t < d; ++t) {                                               \
-                    const T *restrict mr = mt + t * d;                                          \
-                    for (int64_t s = 0; s < d; ++s) gy[s] += acc[t] * mr[s];                    \
-                }                                                                               \
+                outer_add_##SUF(d, y, acc, gMid);                                               \
+                vecmat_##SUF(d, acc, mt, gy);                                                   \
             } else {                                                                            \
                 for (int64_t s = 0; s < d; ++s) gy[s] = acc[s];                                 \
             }                                                                                   \
             if (relu)                                                                           \
                 for (int64_t s = 0; s < d; ++s) gy[s] = y[s] > 0 ? gy[s] : (T)0;                \
-            for (int64_t s = 0; s < d; ++s) g[s] = 0;                                           \
-            for (int64_t t = 0; t < d; ++t) {                                                   \
-                const T *restrict nr = nt + t * d;                                              \
-                for (int64_t s = 0; s < d; ++s) g[s] += gy[t] * nr[s];                          \
-            }                                                                                   \
-            for (int64_t s = 0; s < d; ++s) gW[i * sr + s * sc] = g[s];                         \
-            for (int64_t s = 0; s < d; ++s) {                                                   \
-                T *restrict gn = gN + s * d;                                                    \
-                for (int64_t t = 0; t < d; ++t) gn[t] += w[s] * gy[t];                          \
-            }                                                                                   \
+            block_row_backward_##SUF(d, gy, w, nt, i, sr, sc, gW, gN);                          \
         }                                                                                       \
         *J = jj;                                                                                \
         free(heap);                                                                             \
@@ -311,26 +346,16 @@ DLRL_KERNELS(double, f64)
         T NT[STACK_DD];                                                                         \
         T *nt = STACK_OK ? NT : (T *)malloc((size_t)(d * d + 1) * sizeof(T));                   \
         if (!nt) return -1;                                                                     \
-        for (int64_t s = 0; s < d; ++s)                                                         \
-            for (int64_t t = 0; t < d; ++t) nt[t * d + s] = N[s * d + t];                       \
+        tr_##SUF(d, N, nt);                                                                     \
         memset(gN, 0, (size_t)(d * d) * sizeof(T));                                             \
         ACC_DECL2(T, w);                                                                        \
         ACC_DECL2(T, gv);                                                                       \
-        ACC_DECL2(T, g);                                                                        \
         for (int64_t j = j0; j < j1; ++j) {                                                     \
             const T *restrict q = Q + j * d;                                                    \
             const T *restrict v = Y + j * d;                                                    \
             for (int64_t t = 0; t < d; ++t) gv[t] = (relu && !(v[t] > 0)) ? (T)0 : q[t];         \
-            for (int64_t s = 0; s < d; ++s) { w[s] = W[j * sr + s * sc]; g[s] = 0; }             \
-            for (int64_t t = 0; t < d; ++t) {                                                   \
-                const T *restrict nr = nt + t * d;                                              \
-                for (int64_t s = 0; s < d; ++s) g[s] += gv[t] * nr[s];                          \
-            }                                                                                   \
-            for (int64_t s = 0; s < d; ++s) gW[j * sr + s * sc] = g[s];                         \
-            for (int64_t s = 0; s < d; ++s) {                                                   \
-                T *restrict gn = gN + s * d;                                                    \
-                for (int64_t t = 0; t < d; ++t) gn[t] += w[s] * gv[t];                          \
-            }                                                                                   \
+            load_row_##SUF(d, W, j, sr, sc, w);                                                 \
+            block_row_backward_##SUF(d, gv, w, nt, j, sr, sc, gW, gN);                          \
         }                                                                                       \
         if (!STACK_OK) free(nt);                                                                \
         return 0;                                                                               \
@@ -349,26 +374,6 @@ DLRL_CHAIN(double, f64)
  * gM <- gM X_j^T; gT = (gX_j or its transpose) * [Y_j > 0]; gW_j = gT N_j^T (wide: N_j gT^T),
  * gN_j = W_j^T gT (wide: W_j gT). All arrays d x d row-major, stacked [I2, d, d]. */
 #define DLRL_MID(T, SUF)                                                                        \
-    /* C = op(A) op(B), op = transpose when the flag is set (d x d, row-major) */              \
-    static void mm_##SUF(int64_t d_, const T *restrict A, int ta, const T *restrict B, int tb,  \
-                         T *restrict C) {                                                        \
-        const int64_t d = DIM(d_);                                                              \
-        for (int64_t i = 0; i < d * d; ++i) C[i] = 0;                                           \
-        for (int64_t i = 0; i < d; ++i)                                                         \
-            for (int64_t s = 0; s < d; ++s) {                                                   \
-                const T a = ta ? A[s * d + i] : A[i * d + s];                                   \
-                T *restrict c = C + i * d;                                                      \
-                if (tb)                                                                         \
-                    for (int64_t j = 0; j < d; ++j) c[j] += a * B[j * d + s];                   \
-                else                                                                            \
-                    for (int64_t j = 0; j < d; ++j) c[j] += a * B[s * d + j];                   \
-            }                                                                                   \
-    }                                                                                           \
-    static void tr_##SUF(int64_t d_, const T *restrict A, T *restrict B) {                      \
-        const int64_t d = DIM(d_);                                                              \
-        for (int64_t i = 0; i < d; ++i)                                                         \
-            for (int64_t j = 0; j < d; ++j) B[j * d + i] = A[i * d + j];                        \
-    }                                                                                           \
     void dlrl_chain_mid_fwd_##SUF(int64_t I2, int64_t d_, const T *restrict Wm,                \
                                   const T *restrict Nm, const int64_t *restrict wide, int relu,  \
                                   T *restrict Y, T *restrict X, T *restrict mids) {              \

@@ -40,17 +40,19 @@ def fusable(N: Tensor, Ws, wide, u_extra: Optional[Tensor]) -> bool:
     """Whether the fused op applies: ≥ 2 blocks, a tall first weight (m×d), a wide last one (d×n)
     and at most ``cpu.CHAIN_MAX_EXTRA`` extra columns (the model's layouts except tiny problems
     whose first factor is itself wide; those use ``block_chain`` + ``masked_loss_sparse``)."""
+    from ..cpu import CHAIN_MAX_EXTRA
+
     d = N.shape[-1]
     if len(Ws) < 2 or wide[0] or not wide[-1] or Ws[0].shape[1] != d or Ws[-1].shape[0] != d:
         return False
-    return u_extra is None or u_extra.shape[1] <= 8
+    return u_extra is None or u_extra.shape[1] <= CHAIN_MAX_EXTRA
 
 
 # ----------------------------------------------------------------------------- outer primitive
 def _outer_composed(W1, N1, Mid, WI, NI, ue, ve, activation, rows, cols, values, backend, with_grad, pat):
     """The outer part as torch ops around the backend's ``loss_grad`` — the reference twin.
     Returns (J, gW1, gN1, gMid, gWI, gNI, gue, gve) for a unit incoming gradient."""
-    from .masked_residual_sparse import _residual_impl, loss_grad
+    from .masked_residual_sparse import _loss_impl
 
     Y1, YI = block_outputs(torch.stack([N1, NI]), [W1, WI], [False, True], activation)
     U = Y1 if Mid is None else Y1 @ Mid
@@ -58,18 +60,17 @@ def _outer_composed(W1, N1, Mid, WI, NI, ue, ve, activation, rows, cols, values,
     d = N1.shape[-1]
     if ue is not None:
         U, Vt = torch.cat([U, ue], 1), torch.cat([Vt, ve], 1)
+    # the sparse loss op's own forward: J, and for a unit gradient R = E·V', Q = Eᵀ·U'
+    J, _, R, Q = _loss_impl(U, Vt.contiguous(), rows, cols, values, backend, with_grad, *pat)
     if not with_grad:
-        e = _residual_impl(U, Vt.contiguous(), rows, cols, values, backend, "masked_loss_sparse", *pat)
-        e64 = e.double()
-        return 0.5 * torch.dot(e64, e64), None, None, None, None, None, None, None
-    J, _, R, Q = loss_grad(U, Vt.contiguous(), rows, cols, values, backend, *pat)
+        return J, None, None, None, None, None, None, None
     gU, gV = R[:, :d], Q[:, :d]
     gMid = None if Mid is None else Y1.transpose(-1, -2) @ gU
     gX1 = gU if Mid is None else gU @ Mid.transpose(-1, -2)
     gW1, gN1 = block_backward(W1, N1, Y1, gX1, False, activation)
     gWI, gNI = block_backward(WI, NI, YI, gV.transpose(-1, -2), True, activation)
     gue, gve = (R[:, d:], Q[:, d:]) if ue is not None else (None, None)
-    return J.double(), gW1, gN1, gMid, gWI, gNI, gue, gve
+    return J, gW1, gN1, gMid, gWI, gNI, gue, gve
 
 
 def _use_native(backend, N, pat) -> bool:

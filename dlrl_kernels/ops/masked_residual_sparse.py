@@ -190,12 +190,9 @@ def _cuda_impl():
 
 
 def _cpu_impl():
-    from .. import cpu
+    from .._dispatch import native_module
 
-    ok, why = cpu.status()
-    if not ok:
-        raise RuntimeError(f"the native CPU kernels are unavailable: {why}")
-    return cpu
+    return native_module()
 
 
 _INTERFACE = ("sparse_residual", "sparse_rq")

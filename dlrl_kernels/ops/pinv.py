@@ -238,11 +238,7 @@ def published_backward_torch(S, expo, Q, inv, gM):
 
 
 def _published_cpu():
-    from .. import cpu
-
-    ok, why = cpu.status()
-    if not ok:
-        raise RuntimeError(f"the native CPU kernels are unavailable: {why}")
+    cpu = _dispatch.native_module()
     return types.SimpleNamespace(forward=cpu.published_forward, backward=cpu.published_backward)
 
 

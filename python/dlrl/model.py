@@ -525,10 +525,12 @@ class DLRL(nn.Module):
         return prep
 
     # ------------------------------------------------------------------ forward
-    def _eta_value(self):
+    def _eta_bounds(self):
         # published: clamp to [0, 1] in the forward pass; paper: projected into (0, 1]
-        lo = 0.0 if self.config.mode == "published" else 1e-3
-        return self.eta.clamp(lo, 1.0)
+        return (0.0 if self.config.mode == "published" else 1e-3), 1.0
+
+    def _eta_value(self):
+        return self.eta.clamp(*self._eta_bounds())
 
     def _exponents(self):
         if self._expo is None or self._expo.device != self.device or self._expo.dtype != self.dtype:
@@ -537,8 +539,34 @@ class DLRL(nn.Module):
         return self._expo
 
     def _gram(self, prep):
-        t = (prep["c"] / self._eta_value())[:, None, None]
-        return prep["G0"] + t * prep["G1"] + (t * t) * prep["G2"]
+        return self._gram_parts(prep)[0]
+
+    def _gram_parts(self, prep):
+        """(S, t, η̃): S = G0 + t·G1 + t²·G2 with t = c/η̃ (one per block, [I, 1, 1]) and η̃ the
+        clamped η (``_eta_value``); the autograd-free step needs t and η̃ for ∂η."""
+        eta = self._eta_value()
+        t = (prep["c"] / eta)[:, None, None]
+        return prep["G0"] + t * prep["G1"] + (t * t) * prep["G2"], t, eta
+
+    def _power_args(self, S):
+        """paper mode: ``block_power``'s arguments after S — (a, normalize, method, rtol, backend)
+        as the op is called for these operators (the eigh route when any exponent needs it)."""
+        from dlrl_kernels.ops.lowrank_block import TABLE
+        from dlrl_kernels.ops.spd_power import resolve_method
+
+        cfg = self.config
+        a = [(2.0 - p) / 2.0 for p in self.ps]
+        be, _ = TABLE.resolve(cfg.backend, S.device, cuda_ok=False)
+        meths = {resolve_method(cfg.method, ak, S.device, be) for ak in set(a)}
+        return a, cfg.normalize, "eigh" if "eigh" in meths else "newton", None, be
+
+    def _orientation(self, d):
+        """(wide, activation): per block whether it computes act(W_kᵀ N_k)ᵀ (the published code's
+        rule, or the short side), and the activation."""
+        cfg = self.config
+        if cfg.mode == "published":
+            return [self._transposed(k) for k in range(cfg.blocks)], "relu"
+        return [W.shape[-1] != d for W in self.W], self.activation
 
     def _published_operators(self, S):
         """M_k = ½·pinv(½·(S_k + st_k)^∘((p_k−2)/2)), st_k = 0.002·max|diag S_k| — one
@@ -593,21 +621,16 @@ class DLRL(nn.Module):
         import types
 
         from dlrl_kernels.ops import lowrank_block as _lb
-        from dlrl_kernels.ops.spd_power import resolve_method
-
-        a = [(2.0 - p) / 2.0 for p in self.ps]
 
         def fwd(S):
-            be, _ = _lb.TABLE.resolve(cfg.backend, S.device, cuda_ok=False)
-            meths = {resolve_method(cfg.method, ak, S.device, be) for ak in set(a)}
-            method = "eigh" if "eigh" in meths else "newton"
-            out = _lb._block_power_impl(S, a, cfg.normalize, method, None, be)
-            return out[0], (be, method, out)
+            args = self._power_args(S)
+            out = _lb._block_power_impl(S, *args)
+            return out[0], (args, out)
 
-        def bwd(S, saved, gN):
-            be, method, out = saved
-            ctx = types.SimpleNamespace(saved_tensors=(S, *out), a=list(a), normalize=cfg.normalize, method=method,
-                                        rtol=None, impl=be)
+        def bwd(S, saved, gN):  # the op's backward, with the context its setup would have saved
+            (a, normalize, method, rtol, be), out = saved
+            ctx = types.SimpleNamespace(saved_tensors=(S, *out), a=list(a), normalize=normalize, method=method,
+                                        rtol=rtol, impl=be)
             return _lb._backward(ctx, gN, None, None, None, None)[0]
 
         return fwd, bwd
@@ -619,22 +642,19 @@ class DLRL(nn.Module):
         fusable). Built once per fit: at ML-100K's size even these lookups show in an epoch."""
         cfg = self.config
         if obs.pattern is None or os.environ.get("DLRL_MANUAL", "1") == "0" or \
-                os.environ.get("DLRL_FUSED", "1") == "0" or (not cfg.bias and obs.X is not None and cfg.dense):
+                (not cfg.bias and obs.X is not None and cfg.dense):
             return None  # (dense=True: the user chose the dense loss kernel, which ``loss`` runs)
         from dlrl_kernels.ops import chain_loss as _cl
         from dlrl_kernels.ops import masked_residual_sparse as _mrs
 
         prep = self._need_prep(None)
-        d = prep["G0"].shape[-1]
-        if cfg.mode == "published":
-            wide, act = [self._transposed(k) for k in range(cfg.blocks)], "relu"
-        else:
-            wide, act = [W.shape[-1] != d for W in self.W], self.activation
-        if not _cl.fusable(prep["G0"], self.W, wide, self._bias_columns()[0] if cfg.bias else None):
+        wide, act = self._orientation(prep["G0"].shape[-1])
+        cols = self._bias_columns()
+        if not self._fusable((prep["G0"], wide, None if cols is None else cols[0])):
             return None
         be = _mrs.TABLE_LOSS.resolve(cfg.backend, obs.values.device, triton_ok=True, cuda_ok=True)[0]
         return {"wide": wide, "act": act, "ops": self._operator_fn(), "backend": be, "impl": _cl._impl,
-                "lo": 0.0 if cfg.mode == "published" else 1e-3, "Ws": list(self.W)}
+                "Ws": list(self.W)}
 
     @torch.no_grad()
     def _manual_step(self, obs, nnz, plan=None):
@@ -661,15 +681,12 @@ class DLRL(nn.Module):
         prep = self._prep
         cols = self._bias_columns()
         ue, ve = cols if cols is not None else (None, None)
-        lo, Ws = plan["lo"], plan["Ws"]
-        eta = self.eta.clamp(lo, 1.0)  # as _eta_value
-        t = (prep["c"] / eta)[:, None, None]
-        S = prep["G0"] + t * prep["G1"] + (t * t) * prep["G2"]  # as _gram
+        Ws = plan["Ws"]
+        S, t, eta = self._gram_parts(prep)
         fwd, bwd = plan["ops"]
         N, saved = fwd(S)
-        J, gN, gW, gue, gve = plan["impl"](N, [W.detach() for W in Ws], plan["wide"], ue, ve, plan["act"], obs.rows,
-                                           obs.cols, obs.values, plan["backend"], True, pat.crow, pat.ccol,
-                                           pat.col_order, pat.rows_by_col)
+        J, gN, gW, gue, gve = plan["impl"](N, Ws, plan["wide"], ue, ve, plan["act"], obs.rows, obs.cols, obs.values,
+                                           plan["backend"], True, pat.crow, pat.ccol, pat.col_order, pat.rows_by_col)
         if cfg.loss == "mean":
             s = 1.0 / nnz
             J, gN, gW = J * s, gN * s, gW * s
@@ -677,7 +694,8 @@ class DLRL(nn.Module):
                 gue, gve = gue * s, gve * s
         gS = bwd(S, saved, gN)
         gt = (gS * (prep["G1"] + (2.0 * t) * prep["G2"])).sum((-1, -2))
-        inside = (self.eta >= lo) & (self.eta <= 1.0)
+        lo, hi = self._eta_bounds()
+        inside = (self.eta >= lo) & (self.eta <= hi)
         self.eta.grad = torch.where(inside, -(gt * t.reshape(-1)).sum() / eta,
                                     torch.zeros((), dtype=eta.dtype, device=eta.device)).reshape(self.eta.shape)
         off = 0
@@ -707,14 +725,9 @@ class DLRL(nn.Module):
         S = self._gram(prep)
         if self.config.mode == "published":
             return self._published_operators(S)
-        cfg = self.config
-        a = [(2.0 - p) / 2.0 for p in self.ps]
-        from dlrl_kernels.ops.lowrank_block import TABLE, block_power
-        from dlrl_kernels.ops.spd_power import resolve_method
+        from dlrl_kernels.ops.lowrank_block import block_power
 
-        be, _ = TABLE.resolve(cfg.backend, S.device, cuda_ok=False)
-        meths = {resolve_method(cfg.method, ak, S.device, be) for ak in set(a)}
-        return block_power(S, a, cfg.normalize, "eigh" if "eigh" in meths else "newton", None, be)[0]
+        return block_power(S, *self._power_args(S))[0]
 
     def block_outputs(self, prep=None):
         """[X̂_1, …, X̂_I] for the current W, η (differentiable): one ``dk.lowrank_block`` call."""
@@ -796,12 +809,8 @@ class DLRL(nn.Module):
     def _chain_layout(self):
         """(N, wide, u_extra, v_extra, activation): the operators and how ``block_chain`` /
         ``chain_loss_sparse`` apply them (the published code's orientation rule, or the short side)."""
-        cfg = self.config
         N = self.block_operators()
-        d = N.shape[-1]
-        act = "relu" if cfg.mode == "published" else self.activation
-        wide = [self._transposed(k) for k in range(cfg.blocks)] if cfg.mode == "published" else \
-            [W.shape[-1] != d for W in self.W]
+        wide, act = self._orientation(N.shape[-1])
         ue, ve = self._bias_columns() or (None, None)
         return N, wide, ue, ve, act
 
