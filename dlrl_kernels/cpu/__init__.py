@@ -20,6 +20,9 @@ float32 or float64 of one dtype, all contiguous on the CPU):
   CPU tensor
 - ``sparse_loss_grad(U, Vt, rows, cols, values)`` → (J, e, R, Q): J = ½Σe² (float64), e and the
   unscaled R, Q of the same entries in one pass over them (the training loss's forward)
+- ``chain_loss``, ``published_forward`` / ``published_backward``: see their docstrings
+- ``eta_gram(G0, G1, G2, c, eta, lo, hi)`` → (S, t) and ``eta_grad(gS, G1, G2, t, eta, lo, hi)``
+  → ∂J/∂η: the model's per-epoch gram S(η) and η's adjoint through it (the autograd-free step)
 
 With more than one torch thread and at least ``PARALLEL_MIN_NNZ`` entries the residual is split
 over two threads and R and Q are computed on two threads at once (ctypes releases the GIL;
@@ -42,7 +45,7 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("sparse_cpu.c")
-ABI = 7
+ABI = 8
 #: ranks up to this get a build specialised for their d (see sparse_cpu.c); others the generic one
 MAX_SPECIAL_D = 128
 #: below this many entries one thread does everything (thread hand-off costs ~50 µs)
@@ -158,8 +161,11 @@ def _build(d: int = 0) -> tuple[object, str]:
         getattr(so, f"dlrl_pub_power_{suf}").argtypes = [i64, i64, ptr, ptr, ptr]
         getattr(so, f"dlrl_pub_pinv_{suf}").argtypes = [i64, i64, ptr, ptr, ctypes.c_double, ptr, ptr]
         getattr(so, f"dlrl_pub_backward_{suf}").argtypes = [i64, i64, ptr, ptr, ptr, ptr, ptr, ptr]
+        for f in ("eta_gram", "eta_grad"):
+            getattr(so, f"dlrl_{f}_{suf}").argtypes = [i64, i64, ptr, ptr, ptr, ptr, ptr, ctypes.c_double,
+                                                       ctypes.c_double, ptr, *([ptr] if f == "eta_gram" else [])]
         for f in ("residual", "grad_rows", "grad_cols", "loss_grad", "chain_cols_fwd", "chain_mid_fwd", "pub_power",
-                  "pub_pinv"):
+                  "pub_pinv", "eta_gram", "eta_grad"):
             getattr(so, f"dlrl_{f}_{suf}").restype = None
         for f in ("chain_rows", "chain_cols_bwd", "chain_mid_bwd", "pub_backward"):
             getattr(so, f"dlrl_{f}_{suf}").restype = ctypes.c_int
@@ -534,3 +540,49 @@ def published_backward(S, expo, Q, inv, gM):
                                                  gM.data_ptr(), gS.data_ptr()) != 0:
         raise MemoryError("dlrl_kernels.cpu: published_backward: the kernel could not allocate its d×d scratch memory")
     return gS
+
+
+# ----------------------------------------------------------------------------- η's gram
+def _eta_fn(name, d, dtype):
+    """``dlrl_eta_<name>`` of the build for rank d, bound once per (d, dtype) (called every epoch)."""
+    key = ("eta", name, int(d), dtype)
+    fn = _state.get(key)
+    if fn is None:
+        fn = _state[key] = getattr(_require(d), f"dlrl_eta_{name}_{_suffix(dtype)}")
+    return fn
+
+
+def _check_eta(G0, G1, G2, eta, **more):
+    """Metadata checks the raw pointers rely on (no host sync): G0, G1, G2 contiguous (I, d, d)
+    CPU tensors of one dtype; ``eta`` one element; ``more`` (name → (tensor, expected shape))."""
+    I, d = G0.shape[0], G0.shape[-1]
+    for name, t, shape in (("G0", G0, (I, d, d)), ("G1", G1, (I, d, d)), ("G2", G2, (I, d, d)), ("eta", eta, None),
+                           *((k, *v) for k, v in more.items())):
+        if t.dtype != G0.dtype or t.device.type != "cpu" or not t.is_contiguous():
+            raise ValueError(f"{name}: expected a contiguous CPU {G0.dtype} tensor, got {t.dtype} on {t.device}"
+                             + ("" if t.is_contiguous() else " (not contiguous)"))
+        if (t.numel() != 1) if shape is None else (tuple(t.shape) != shape):
+            raise ValueError(f"{name}: expected shape {shape or '(one element)'}, got {tuple(t.shape)}")
+    return I, d
+
+
+def eta_gram(G0, G1, G2, c, eta, lo, hi):
+    """(S, t): S_k = G0_k + t_k G1_k + t_k² G2_k, t_k = c_k / clamp(η, lo, hi) — the model's
+    per-epoch gram (``DLRL._gram_parts``, its torch twin) in one call; G0, G1, G2 (I, d, d),
+    c (I,), η one element (read through its pointer)."""
+    I, d = _check_eta(G0, G1, G2, eta, c=(c, (G0.shape[0],)))
+    S = torch.empty_like(G0)
+    t = torch.empty(I, dtype=G0.dtype)
+    _eta_fn("gram", d, G0.dtype)(I, d, G0.data_ptr(), G1.data_ptr(), G2.data_ptr(), c.data_ptr(), eta.data_ptr(),
+                                 lo, hi, S.data_ptr(), t.data_ptr())
+    return S, t
+
+
+def eta_grad(gS, G1, G2, t, eta, lo, hi):
+    """∂J/∂η (shaped like η) for ∂J/∂S of ``eta_gram``'s S and its t: −Σ_k t_k ⟨∂S_k, G1_k +
+    2t_k G2_k⟩ / η where lo ≤ η ≤ hi, else 0 (``DLRL._eta_grad``, its torch twin)."""
+    I, d = _check_eta(gS, G1, G2, eta, t=(t, (gS.shape[0],)))
+    out = torch.empty_like(eta)
+    _eta_fn("grad", d, gS.dtype)(I, d, gS.data_ptr(), G1.data_ptr(), G2.data_ptr(), t.data_ptr(), eta.data_ptr(),
+                                 lo, hi, out.data_ptr())
+    return out

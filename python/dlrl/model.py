@@ -548,6 +548,36 @@ class DLRL(nn.Module):
         t = (prep["c"] / eta)[:, None, None]
         return prep["G0"] + t * prep["G1"] + (t * t) * prep["G2"], t, eta
 
+    def _eta_grad(self, gS, prep, t, eta):
+        """∂J/∂η for ∂J/∂S of ``_gram_parts``' S (its t and clamped η̃): Σ_k ⟨∂S_k, G1_k +
+        2t_k G2_k⟩·(−t_k/η̃) where η lies inside the clamp's range (its rule: the bounds
+        included), else 0 — what autograd would derive; the native twin is ``cpu.eta_grad``."""
+        gt = (gS * (prep["G1"] + (2.0 * t) * prep["G2"])).sum((-1, -2))
+        lo, hi = self._eta_bounds()
+        inside = (self.eta >= lo) & (self.eta <= hi)
+        return torch.where(inside, -(gt * t.reshape(-1)).sum() / eta,
+                           torch.zeros((), dtype=eta.dtype, device=eta.device)).reshape(self.eta.shape)
+
+    def _eta_fns(self, native):
+        """(gram, eta_grad) for the autograd-free step: ``_gram_parts`` / ``_eta_grad``, or with
+        ``native`` their C twins (``cpu.eta_gram`` / ``cpu.eta_grad``: one call each instead of
+        ~15 small torch ops per epoch). Both read the current prep (refresh "carry" replaces it)."""
+        if not native:
+            return self._gram_parts, self._eta_grad
+        from dlrl_kernels import cpu
+
+        lo, hi = self._eta_bounds()
+        eta = self.eta
+
+        def gram(prep):
+            S, t = cpu.eta_gram(prep["G0"], prep["G1"], prep["G2"], prep["c"], eta, lo, hi)
+            return S, t, None
+
+        def eta_grad(gS, prep, t, _):
+            return cpu.eta_grad(gS, prep["G1"], prep["G2"], t, eta, lo, hi)
+
+        return gram, eta_grad
+
     def _power_args(self, S):
         """paper mode: ``block_power``'s arguments after S — (a, normalize, method, rtol, backend)
         as the op is called for these operators (the eigh route when any exponent needs it)."""
@@ -654,7 +684,7 @@ class DLRL(nn.Module):
             return None
         be = _mrs.TABLE_LOSS.resolve(cfg.backend, obs.values.device, triton_ok=True, cuda_ok=True)[0]
         return {"wide": wide, "act": act, "ops": self._operator_fn(), "backend": be, "impl": _cl._impl,
-                "Ws": list(self.W)}
+                "Ws": list(self.W), "eta": self._eta_fns(be == "cpu" and prep["G0"].device.type == "cpu")}
 
     @torch.no_grad()
     def _manual_step(self, obs, nnz, plan=None):
@@ -667,8 +697,8 @@ class DLRL(nn.Module):
         (``_operator_fn``: the published operator or ``block_power``), ``chain_loss_sparse``'s
         forward (which already holds the adjoints of N, every W and the bias columns), the
         operators' backward to ∂S — and by hand only the two steps autograd would have derived:
-        ∂η = Σ_k ⟨∂S_k, G1_k + 2t_k G2_k⟩·(−t_k/η) where η lies inside the clamp's range (its
-        rule: the bounds included), and the bias columns' adjoints to μ, b_u, b_i. Why: at
+        ∂η (``_eta_grad``; on the CPU the gram and ∂η are one C call each, ``_eta_fns``) and the
+        bias columns' adjoints to μ, b_u, b_i. Why: at
         ML-100K's size the engine, its nodes and the ops' Python wrappers cost ~15–30 % of a
         CPU epoch (measured side by side); ``tests/test_fast_step.py`` holds this step to the
         autograd gradients in float64. ``DLRL_MANUAL=0`` turns it off. ``plan``: ``_step_plan(obs)``
@@ -682,7 +712,8 @@ class DLRL(nn.Module):
         cols = self._bias_columns()
         ue, ve = cols if cols is not None else (None, None)
         Ws = plan["Ws"]
-        S, t, eta = self._gram_parts(prep)
+        gram, eta_grad = plan["eta"]
+        S, t, eta = gram(prep)
         fwd, bwd = plan["ops"]
         N, saved = fwd(S)
         J, gN, gW, gue, gve = plan["impl"](N, Ws, plan["wide"], ue, ve, plan["act"], obs.rows, obs.cols, obs.values,
@@ -692,12 +723,7 @@ class DLRL(nn.Module):
             J, gN, gW = J * s, gN * s, gW * s
             if cols is not None:
                 gue, gve = gue * s, gve * s
-        gS = bwd(S, saved, gN)
-        gt = (gS * (prep["G1"] + (2.0 * t) * prep["G2"])).sum((-1, -2))
-        lo, hi = self._eta_bounds()
-        inside = (self.eta >= lo) & (self.eta <= hi)
-        self.eta.grad = torch.where(inside, -(gt * t.reshape(-1)).sum() / eta,
-                                    torch.zeros((), dtype=eta.dtype, device=eta.device)).reshape(self.eta.shape)
+        self.eta.grad = eta_grad(bwd(S, saved, gN), prep, t, eta)
         off = 0
         for W in Ws:
             k = W.numel()
