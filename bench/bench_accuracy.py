@@ -16,7 +16,9 @@ Methods (on exactly the same train / test ratings):
   seed=s)``: hyper-parameters chosen by ``dlrl.tuning.choose`` on validation parts of the
   *training* ratings (one 10 % part, or pooled k-fold parts on small sets; a candidate must win
   by more than one paired standard error), then ``dlrl.tuning.MEMBERS`` fits on all training
-  ratings (seeds s + 1000·j) whose predictions are averaged.
+  ratings (seeds s + 1000·j) whose predictions are averaged, blended with the item–item and
+  user–user neighbourhood models of ``dlrl.neighbors`` when that blend wins on the same
+  validation ratings (``dlrl.tuning.BLEND``; each row also records the DLRL part's own RMSE).
 - Surprise ``BaselineOnly`` (ALS, default options), ``SVD`` (default options,
   ``random_state=s``), ``SVDpp`` (default options, seed 0 only: it is slow).
 Seeds 0, 1, 2 for the seeded methods (DLRL's seed draws its init and its validation part).
@@ -103,6 +105,10 @@ def run_dlrl(train, test, seed, budget_s=None, max_epochs=None):
         given["epochs"] = max_epochs
     model, rep = fit_tuned(train.rows, train.cols, train.values, shape, seed=seed, budget_s=budget_s, **given)
     err = rmse(model.predict(test.rows, test.cols), test.values)
+    blend = rep.get("blend") or {}
+    # the DLRL part alone (the averaged fits without the neighbourhood blend): how much of the
+    # default's accuracy is DLRL's
+    dlrl_only = rmse(model.model.predict(test.rows, test.cols), test.values) if hasattr(model, "partners") else err
     members = getattr(model, "members", [model])
     chosen = {k: getattr(members[0].config, k) for k in ("blocks", "rank", "bias", "p", "weight_decay")}
     ps = [float(x) for x in chosen["p"]]
@@ -113,7 +119,7 @@ def run_dlrl(train, test, seed, budget_s=None, max_epochs=None):
              "val_entries": rep.get("val_entries"), "rule_z": rep.get("rule_z"),
              "candidates": [{"params": c["params"], "val_rmse": c["val_rmse"], "best_epoch": c.get("best_epoch")}
                             for c in rep["candidates"]],
-             "skipped": rep["skipped"]}
+             "skipped": rep["skipped"], "blend": blend, "rmse_dlrl_part": dlrl_only}
     return err, time.perf_counter() - t0, extra
 
 
@@ -215,6 +221,37 @@ def images_markdown(doc):
     return "\n".join(lines) + "\n"
 
 
+def _blend_table(rows):
+    """The default's parts: the DLRL fits alone vs the default (blended where the blend won)."""
+    by = {}
+    for r in rows:
+        if r["method"] == "dlrl" and "rmse_dlrl_part" in r:
+            by.setdefault(r["dataset"], []).append(r)
+    if not by:
+        return []
+    out = ["", "### DLRL alone and blended (dlrl.tuning.BLEND)", "",
+           "The default predictor averages the DLRL fits and, where the rating matrix fits the dense neighbourhood "
+           "models and the blend wins on the search's validation ratings (weights by least squares, judged out of "
+           "sample on halves of those ratings, by the same one-standard-error rule), blends them with an item–item "
+           "and a user–user neighbourhood model (`dlrl.neighbors`). The decision uses the validation columns only; "
+           "the test columns are the outcome. RMSE, mean over seeds:", "",
+           "| dataset | validation: DLRL part | validation: blend (out of sample) | blend taken | "
+           "mean weights DLRL / item / user / intercept | test: DLRL part alone | test: default |",
+           "|---|---|---|---|---|---|---|"]
+    for ds, rs in by.items():
+        used = [r for r in rs if (r.get("blend") or {}).get("used")]
+        ws = np.mean([r["blend"]["weights"] for r in used], axis=0) if used else None
+        wtxt = " / ".join(f"{w:.2f}" for w in ws) if ws is not None else "—"
+        bl = [r.get("blend") or {} for r in rs]
+        vd = [b["val_rmse_dlrl"] for b in bl if "val_rmse_dlrl" in b]
+        vb = [b["val_rmse_blend_out_of_sample"] for b in bl if "val_rmse_blend_out_of_sample" in b]
+        out.append(f"| {ds} | {np.mean(vd):.4f} | {np.mean(vb):.4f} | {len(used)} of {len(rs)} | {wtxt} | "
+                   f"{np.mean([r['rmse_dlrl_part'] for r in rs]):.4f} | {np.mean([r['rmse'] for r in rs]):.4f} |"
+                   if vd and vb else f"| {ds} | — | — | {len(used)} of {len(rs)} | {wtxt} | "
+                   f"{np.mean([r['rmse_dlrl_part'] for r in rs]):.4f} | {np.mean([r['rmse'] for r in rs]):.4f} |")
+    return out
+
+
 def markdown(doc):
     summ = _summary(doc["rows"])
     methods = [m for m in METHOD_ORDER if any(m in v for v in summ.values())]
@@ -239,6 +276,7 @@ def markdown(doc):
             ml.append(d["mean"])
     if len(ml) == 5:
         lines += ["", f"ML-100K u1–u5 mean of the DLRL fold means: {np.mean(ml):.4f} (target ≤ 0.905)."]
+    lines += _blend_table(doc["rows"])
     lines += ["", "### The validation search behind DLRL's defaults (dlrl.tuning)", "",
               "Each DLRL row above chose its hyper-parameters by `dlrl.tuning.choose` on validation parts of its "
               "*training* ratings (10 % each, drawn with the row's seed; pooled k-fold parts when one part would "
@@ -276,11 +314,15 @@ def markdown(doc):
 
 def full_markdown(doc, out):
     """The ratings markdown, plus the inpainting table when ``<out stem>_images.json`` exists
-    (every write of the markdown keeps it: a ratings run must not drop the images section)."""
+    (every write of the markdown keeps it: a ratings run must not drop the images section), else
+    a pointer to bench_images' table (the inpainting defaults are measured there)."""
     text = markdown(doc)
     img = _load(out.with_name(out.stem + "_images.json"))
     if img and img.get("rows"):
         text += images_markdown(img)
+    else:
+        text += ("\n### Inpainting\n\nMissing-pixel PSNR of `dlrl.images.inpaint`'s defaults beside truth-tuned "
+                 "Soft-Impute: `bench/results/images.md` (`bench/bench_images.py`).\n")
     return text
 
 

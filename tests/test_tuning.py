@@ -196,3 +196,62 @@ def test_grid_argument_orders_the_stages_and_the_ratings_grid_has_no_blocks_stag
     for bad in ((("depth", (1, 2)),), (("bias", ()),), 5):
         with pytest.raises(ValueError, match="grid"):
             choose(cfg, r, c, v, shape, explicit, grid=bad)
+
+
+def _fake_search(v, seed=0):
+    folds = tuning._folds(v.numel(), seed, min_val=0)
+    val = torch.cat([f[1] for f in folds])
+    return folds, val
+
+
+def test_blend_weights_take_the_blend_only_when_it_wins_out_of_sample():
+    r, c, v, shape = _ratings(seed=8, m=45, n=35)
+    folds, val = _fake_search(v)
+    # validation predictions that are the truth: the partners cannot add anything
+    w, info = tuning._blend_weights({"validation": {"folds": folds, "pred": v[val].double()}}, r, c, v, shape,
+                                    (1.0, 5.0), seed=0)
+    assert w is None and info["used"] is False and info["partners"] == ["ItemKNN", "UserKNN"]
+    # the global mean as "DLRL": the neighbourhood models (biases + neighbours) win by far
+    flat = torch.full((val.numel(),), float(v.mean()), dtype=torch.float64)
+    w, info = tuning._blend_weights({"validation": {"folds": folds, "pred": flat}}, r, c, v, shape, (1.0, 5.0),
+                                    seed=0)
+    assert w is not None and info["used"] is True and w.numel() == 4
+    assert info["val_rmse_blend_out_of_sample"] < info["val_rmse_dlrl"] and info["val_entries"] == val.numel()
+    # nothing searched, or a matrix beyond the dense models: no blend, and the report says why
+    assert tuning._blend_weights({}, r, c, v, shape, None, 0)[0] is None
+    w, info = tuning._blend_weights({"validation": {"folds": folds, "pred": flat}}, r, c, v, (10, 10 ** 6), None, 0)
+    assert w is None and "beyond" in info["reason"]
+
+
+def test_fit_tuned_wires_the_blend(monkeypatch):
+    from dlrl.neighbors import ItemKNN, UserKNN
+
+    r, c, v, shape = _ratings(seed=9)
+    kw = dict(FIXED, epochs=8, clip=(1.0, 5.0), members=1, seed=2)
+    weights = torch.tensor([0.5, 0.3, 0.25, -0.2], dtype=torch.float64)
+    seen = {}
+
+    def fake(res, rows, cols, values, shp, clip, seed, z=tuning.SELECT_Z):
+        seen.update(pred=res["validation"]["pred"], clip=clip, seed=seed)
+        return weights, {"used": True}
+
+    monkeypatch.setattr(tuning, "_blend_weights", fake)
+    model, report = tuning.fit_tuned(r, c, v, shape, **kw)
+    assert isinstance(model, tuning.Blend) and report["blend"] == {"used": True} and model.tuning is report
+    assert seen["clip"] == (1.0, 5.0) and seen["seed"] == 2 and seen["pred"].numel() == report["val_entries"]
+    # the partners are refitted on all the entries; the prediction is the weighted sum, clipped
+    parts = [model.model.predict(r, c).double(), ItemKNN(clip=(1.0, 5.0)).fit(r, c, v, shape).predict(r, c),
+             UserKNN(clip=(1.0, 5.0)).fit(r, c, v, shape).predict(r, c)]
+    want = (weights[-1] + sum(w * p for w, p in zip(weights[:-1].tolist(), parts))).clamp(1.0, 5.0)
+    torch.testing.assert_close(model.predict(r, c).double(), want, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(model.complete().double()[r, c], want, rtol=1e-6, atol=1e-6)
+    assert model.members == [model.model] and model.config is model.model.config
+    monkeypatch.setattr(tuning, "_blend_weights", lambda *a, **k: (None, {"used": False, "reason": "test"}))
+    model, report = tuning.fit_tuned(r, c, v, shape, **kw)
+    assert not isinstance(model, tuning.Blend) and report["blend"]["used"] is False
+    model, report = tuning.fit_tuned(r, c, v, shape, blend=False, **kw)
+    assert not isinstance(model, tuning.Blend) and report["blend"] == {"used": False, "reason": "blend=False"}
+    with pytest.raises(ValueError, match="blend"):
+        tuning.fit_tuned(r, c, v, shape, blend="yes", **kw)
+    with pytest.raises(ValueError, match="weights"):
+        tuning.Blend(model, [], [1.0])

@@ -7,7 +7,8 @@ drawn with ``seed``; on the ratings path, when that part would hold fewer than `
 entries, k disjoint parts in turn, pooled), fits candidate models on the rest with early
 stopping on the held-out part, and returns the chosen candidate and its best epoch count. The
 caller then refits on *all* training entries; ``fit_tuned`` refits ``MEMBERS`` times with
-different seeds and averages the predictions (:class:`SeedAverage`).
+different seeds, averages the predictions (:class:`SeedAverage`) and, where it wins on the same
+validation entries, blends them with two neighbourhood models (:class:`Blend`).
 
 The search (``GRID``) is staged, not a full product: each stage varies one parameter around
 the best candidate so far — a line search along the sorted values for ``weight_decay`` and
@@ -60,6 +61,19 @@ training set and scored on its other 15 % (outer seeds 0/1/2).
 - Pooled parts (``MIN_VAL`` 2000): a 10 % part of 600 ratings has a standard error of about
   0.02 in RMSE, more than the differences between candidates; 4 pooled parts halve it.
 
+Blend (``BLEND``, ``_blend_weights``): the averaged fits are blended with an item–item and a
+user–user neighbourhood model with baselines (``dlrl.neighbors``; Koren's KNNBaseline with
+pearson-baseline similarities, k = 40, shrinkage 100 — the textbook settings, not tuned here),
+weights by least squares with an intercept on the search's validation entries (the chosen
+candidate's validation predictions beside the partners fitted on each fold's fit part), taken
+only when the blend wins out of sample (weights fitted on one half of those entries, scored on
+the other, and back) by the one-standard-error rule. Why: the neighbourhood models use what a
+rank-20 product smooths away (a user's own ratings of the most similar items), so their errors
+are only partly correlated with DLRL's. The decision is made per rating set on its validation
+entries, never on test ratings; the committed accuracy run (bench/results/accuracy.md) lists,
+for every row, that decision, the validation RMSE of the DLRL part and of the blend (out of
+sample), the weights, and the DLRL part's own test RMSE beside the default's.
+
 Budget: candidates are fitted one after another (each for at most ``TUNE_MAX_EPOCHS`` epochs,
 early stopping after ``TUNE_PATIENCE`` epochs without a better validation RMSE); once
 ``budget_s`` seconds (``DEFAULT_BUDGET_S`` = 30 if None) have passed no new candidate is
@@ -102,6 +116,10 @@ SELECT_Z = 1.0
 RATINGS_FIT = {"lr": 0.005}
 #: ``fit_tuned``: fits averaged in the returned predictor (seeds ``seed + 1000·j``)
 MEMBERS = 3
+#: ``fit_tuned``: blend the averaged fits with the neighbourhood models of ``dlrl.neighbors``
+#: (item–item and user–user, where the matrix fits them) when the blend wins on the
+#: validation entries of the search (``_blend_weights``; module doc)
+BLEND = True
 
 #: the staged grid: (parameter, values). weight decay is per observed entry.
 GRID = (
@@ -305,7 +323,7 @@ def choose(config: dict, rows, cols, values, shape, explicit: set, seed: int = 0
             elif k not in explicit:
                 cfg[k] = v
         t = time.perf_counter()
-        sq, best_epochs, runs = [], [], []
+        sq, preds, best_epochs, runs = [], [], [], []
         for (fr, fc, fv), val in parts:
             model = DLRL((m, n), **cfg)
             hist = model.fit(rows=fr, cols=fc, values=fv, val=val, epochs=max_epochs,
@@ -316,12 +334,14 @@ def choose(config: dict, rows, cols, values, shape, explicit: set, seed: int = 0
             best_epochs.append(min(range(len(scores)), key=scores.__getitem__) + 1)
             runs.append(len(hist))
             # the model is the best-validation state (early stopping restores it)
-            err = model.predict(val[0], val[1]).double() - val[2].double()
+            pred = model.predict(val[0], val[1]).double()
+            err = pred - val[2].double()
             sq.append(err * err)
+            preds.append(pred)
         sq = torch.cat(sq)
         rec = {"params": dict(cand), "val_rmse": math.sqrt(float(sq.mean())),
                "best_epoch": int(sorted(best_epochs)[len(best_epochs) // 2]), "epochs_run": runs,
-               "seconds": time.perf_counter() - t, "_sq": sq}
+               "seconds": time.perf_counter() - t, "_sq": sq, "_pred": torch.cat(preds)}
         report["candidates"].append(rec)
         return rec
 
@@ -401,8 +421,10 @@ def choose(config: dict, rows, cols, values, shape, explicit: set, seed: int = 0
             win = min(tried, key=lambda r: r["val_rmse"])
             if better(win, best, z):
                 best = win
+    chosen_pred = best.get("_pred")
     for rec in report["candidates"]:
         rec.pop("_sq", None)
+        rec.pop("_pred", None)
     overrides = {}
     for k, v in best["params"].items():
         if k == "weight_decay_per_entry":
@@ -414,7 +436,10 @@ def choose(config: dict, rows, cols, values, shape, explicit: set, seed: int = 0
         fit_kwargs["epochs"] = int(best["best_epoch"])
     report.update(chosen=dict(best["params"]), chosen_val_rmse=best["val_rmse"],
                   seconds=time.perf_counter() - t0)
-    return {"overrides": overrides, "fit_kwargs": fit_kwargs, "report": report}
+    # the chosen candidate's validation predictions, in the order of the folds' validation
+    # entries (for a blend fitted on the same entries: ``fit_tuned``)
+    return {"overrides": overrides, "fit_kwargs": fit_kwargs, "report": report,
+            "validation": {"folds": folds, "pred": chosen_pred}}
 
 
 class SeedAverage:
@@ -465,21 +490,132 @@ class SeedAverage:
         return (out / len(self.members)).to(self.members[0].dtype)
 
 
+class Blend:
+    """``w_0·DLRL + w_1·item-kNN + w_2·user-kNN + b``, clipped to ``clip``: the predictor
+    ``fit_tuned`` returns when the blend wins on validation entries (``_blend_weights``).
+    ``model`` is the DLRL part (:class:`dlrl.DLRL` or :class:`SeedAverage`); ``partners`` the
+    fitted ``dlrl.neighbors`` models; ``weights`` (float64, len(partners) + 2). ``members``,
+    ``config``, ``history``, ``stop_reason`` and ``fit_seconds`` are the DLRL part's."""
+
+    def __init__(self, model, partners, weights, clip=None):
+        self.model = model
+        self.partners = list(partners)
+        self.weights = torch.as_tensor(weights, dtype=torch.float64).reshape(-1)
+        if self.weights.numel() != len(self.partners) + 2:
+            raise ValueError(f"weights: expected {len(self.partners) + 2} numbers (DLRL, each partner, the "
+                             f"intercept), got {self.weights.numel()}")
+        self.clip = clip
+        self.tuning = None
+
+    @property
+    def members(self):
+        return getattr(self.model, "members", [self.model])
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def history(self):
+        return self.model.history
+
+    @property
+    def stop_reason(self):
+        return self.model.stop_reason
+
+    @property
+    def fit_seconds(self):
+        return self.model.fit_seconds
+
+    def _combine(self, parts, dtype):
+        w = self.weights
+        out = w[-1] + sum(wk * p.double() for wk, p in zip(w[:-1].tolist(), parts))
+        if self.clip is not None:
+            out = out.clamp(*self.clip)
+        return out.to(dtype)
+
+    @torch.no_grad()
+    def predict(self, rows, cols):
+        d = self.model.predict(rows, cols)
+        return self._combine([d] + [p.predict(rows, cols) for p in self.partners], d.dtype)
+
+    @torch.no_grad()
+    def complete(self, *args, **kwargs):
+        d = self.model.complete(*args, **kwargs)
+        return self._combine([d] + [p.complete().to(d.device) for p in self.partners], d.dtype)
+
+
+def _blend_weights(res, rows, cols, values, shape, clip, seed, z: float = SELECT_Z):
+    """The blend of DLRL with the neighbourhood models, fitted on the search's validation
+    entries: each fold's partners are fitted on its fit part and predict its validation part,
+    beside the chosen candidate's validation predictions (``choose``'s ``validation``); the
+    weights are least squares with an intercept. The blend is taken only if it wins by the
+    selection rule (``better``, ``z`` paired standard errors) with its errors measured out of
+    sample: weights fitted on one random half of the validation entries, scored on the other,
+    and back. Returns (weights or None, report entry)."""
+    from .neighbors import PARTNERS, fits
+
+    val = res.get("validation") or {}
+    pred = val.get("pred")
+    if pred is None:
+        return None, {"used": False, "reason": "no validation predictions (nothing was searched)"}
+    if not fits(shape):
+        return None, {"used": False, "reason": f"{shape[0]}×{shape[1]} is beyond the dense neighbourhood models"}
+    t0 = time.perf_counter()
+    feats, ys = [], []
+    for f, v in val["folds"]:
+        feats.append(torch.stack([cls(clip=clip).fit(rows[f], cols[f], values[f], shape).predict(rows[v], cols[v])
+                                  for cls in PARTNERS], 1))
+        ys.append(values[v].double())
+    y = torch.cat(ys)
+    X = torch.cat([pred.double()[:, None], torch.cat(feats), torch.ones_like(y)[:, None]], 1)
+
+    def lstsq(idx):
+        return torch.linalg.lstsq(X[idx], y[idx, None]).solution[:, 0]
+
+    def predict(w, idx):
+        out = X[idx] @ w
+        return out.clamp(*clip) if clip is not None else out
+
+    gen = torch.Generator().manual_seed(int(seed) + 7)
+    perm = torch.randperm(y.numel(), generator=gen)
+    halves = (perm[:y.numel() // 2], perm[y.numel() // 2:])
+    sq = torch.empty_like(y)
+    for a, b in (halves, halves[::-1]):
+        sq[b] = (predict(lstsq(a), b) - y[b]) ** 2
+    base_sq = (X[:, 0] - y) ** 2
+    cand = {"val_rmse": math.sqrt(float(sq.mean())), "_sq": sq}
+    base = {"val_rmse": math.sqrt(float(base_sq.mean())), "_sq": base_sq}
+    w = lstsq(torch.arange(y.numel()))
+    used = better(cand, base, z)
+    info = {"used": bool(used), "partners": [cls.__name__ for cls in PARTNERS], "weights": w.tolist(),
+            "val_rmse_dlrl": base["val_rmse"], "val_rmse_blend_out_of_sample": cand["val_rmse"],
+            "val_entries": int(y.numel()), "seconds": time.perf_counter() - t0}
+    return (w if used else None), info
+
+
 def fit_tuned(rows, cols, values, shape, seed: int = 0, budget_s: Optional[float] = None, progress: bool = False,
-              members: Optional[int] = None, **given):
+              members: Optional[int] = None, blend: Optional[bool] = None, **given):
     """A DLRL predictor fitted the way the library's defaults fit ratings: the parameters in
     ``given`` (constructor arguments, or ``epochs`` / ``lr`` / ``patience`` for fit) are kept,
     the others are chosen by :func:`choose` (with ``RATINGS_FIT``) on validation parts of
     these entries unless ``tune=False`` is in ``given``; then ``members`` (default ``MEMBERS``)
     fits on all the entries with seeds ``seed + 1000·j``, averaged (:class:`SeedAverage`; one
-    member: the plain :class:`dlrl.DLRL`). Returns ``(model, report)`` (report None when
-    nothing was searched). Used by the Surprise adapter and the benchmark.
+    member: the plain :class:`dlrl.DLRL`). ``blend`` (default ``BLEND``; only after a search):
+    when the rating matrix fits ``dlrl.neighbors`` and the blend wins on the search's
+    validation entries (``_blend_weights``), the averaged fits are blended with the item–item
+    and user–user neighbourhood models refitted on all the entries (:class:`Blend`; the
+    report's ``blend`` entry says what was decided and why). Returns ``(model, report)``
+    (report None when nothing was searched). Used by the Surprise adapter and the benchmark.
     """
     from .model import DLRL
 
     members = MEMBERS if members is None else members
     if isinstance(members, bool) or not isinstance(members, int) or members < 1:
         raise ValueError(f"members: expected a positive integer (fits averaged), got {members!r}")
+    blend = BLEND if blend is None else blend
+    if not isinstance(blend, bool):
+        raise ValueError(f"blend: expected True, False or None (the default, {BLEND}), got {blend!r}")
     tune = given.pop("tune", True)
     fit_names = set(inspect.signature(DLRL.fit).parameters) - _ctor_names()
     fit_kw = {k: given.pop(k) for k in list(given) if k in fit_names and k not in _DATA_ARGS}
@@ -501,8 +637,17 @@ def fit_tuned(rows, cols, values, shape, seed: int = 0, budget_s: Optional[float
         model.tuning = report
         fitted.append(model)
     model = fitted[0] if members == 1 else SeedAverage(fitted)
-    model.tuning = report
     if report is not None:
         report["members"] = members
         report["fit_kwargs_used"] = {k: v for k, v in fit_kw.items() if k != "tune"}
+        report["blend"] = {"used": False, "reason": "blend=False"}
+        if blend:
+            r, c, v = _as_tensors(rows, cols, values)
+            clip = ctor.get("clip")
+            w, report["blend"] = _blend_weights(res, r, c, v, tuple(shape), clip, seed)
+            if w is not None:
+                from .neighbors import PARTNERS
+
+                model = Blend(model, [cls(clip=clip).fit(r, c, v, tuple(shape)) for cls in PARTNERS], w, clip)
+    model.tuning = report
     return model, report
