@@ -145,3 +145,12 @@ def test_bad_data(gen):
     with pytest.raises(ValueError, match="same length"):
         model.predict(torch.tensor([0, 1]), torch.tensor([0]))
     assert fits((943, 1682)) and not fits((138_000, 27_000)) and not fits((10, 10 ** 5))
+
+
+def test_constant_ratings_give_the_constant_without_nan(gen):
+    """Every residual is 0: every similarity is 0/0, which must come out 0 (no neighbour), not NaN."""
+    shape = (9, 7)
+    r, c, v = _ratings(gen, *shape, 0.6)
+    for cls in (ItemKNN, UserKNN):
+        full = cls(k=3, shrinkage=0.0).fit(r, c, torch.full_like(v, 3.25), shape).complete()
+        torch.testing.assert_close(full, torch.full(shape, 3.25, dtype=torch.float64), rtol=0, atol=1e-12)

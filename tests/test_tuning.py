@@ -255,3 +255,12 @@ def test_fit_tuned_wires_the_blend(monkeypatch):
         tuning.fit_tuned(r, c, v, shape, blend="yes", **kw)
     with pytest.raises(ValueError, match="weights"):
         tuning.Blend(model, [], [1.0])
+
+
+def test_ratings_path_is_reachable_from_the_package():
+    import dlrl
+    from dlrl import neighbors
+
+    assert dlrl.tuning.fit_tuned is tuning.fit_tuned and dlrl.neighbors.ItemKNN is neighbors.ItemKNN
+    with pytest.raises(AttributeError, match="no_such_name"):
+        dlrl.no_such_name

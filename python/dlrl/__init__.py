@@ -13,9 +13,15 @@ __all__ = ["DLRL", "complete", "Observations", "as_observations"]
 #: where each public name lives; imported on first use (PEP 562), so that ``import dlrl`` — and
 #: ``dlrl --help`` / ``dlrl --version`` — do not import torch (2–3 s on the CI machine)
 _LAZY = {"DLRL": "model", "Observations": "model", "as_observations": "model"}
+#: submodules reachable as attributes without an import statement (``dlrl.tuning.fit_tuned``)
+_SUBMODULES = ("tuning", "neighbors")
 
 
 def __getattr__(name):
+    if name in _SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
     if name in _LAZY:
         import importlib
 

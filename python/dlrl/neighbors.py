@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 
 #: the dense similarity work is O(m·n²); beyond these the neighbourhood model is not used
-MAX_ITEMS = 6000
+MAX_ITEMS = 8000
 MAX_CELLS = 5e7
 
 
@@ -105,22 +105,29 @@ class ItemKNN:
             bi = torch.zeros(n, dtype=torch.float64).index_add_(0, cols, v - mu - bu[rows]) / (self.reg_item + ci)
             bu = torch.zeros(m, dtype=torch.float64).index_add_(0, rows, v - mu - bi[cols]) / (self.reg_user + cu)
         e = v - mu - bu[rows] - bi[cols]
-        # dense residual and mask: m×n float32 each (MAX_CELLS bounds them); the three n×n sums
+        # dense residual and mask: m×n float32 each (MAX_CELLS bounds them); the three n×n sums,
+        # in float32 and in place (peak ≈ 2 n×n float32 arrays beside E and H: 0.5 GB at MAX_ITEMS)
         E = torch.zeros(m, n, dtype=torch.float32)
         H = torch.zeros(m, n, dtype=torch.float32)
         E[rows, cols] = e.float()
         H[rows, cols] = 1.0
-        num = (E.T @ E).double()
-        sq = ((E * E).T @ H).double()  # sq[i, j] = Σ_{u ∈ U_ij} e_ui²
-        support = (H.T @ H).double()
-        den = (sq * sq.T).sqrt()
-        rho = torch.where(den > 0, num / den.clamp_min(1e-300), torch.zeros_like(num))
-        rho = rho * ((support - 1.0).clamp_min(0.0) / (support - 1.0 + self.shrinkage).clamp_min(1e-12))
-        rho = torch.where(support >= 2, rho, torch.zeros_like(rho))
+        rho = E.T @ E
+        sq = (E * E).T @ H  # sq[i, j] = Σ_{u ∈ U_ij} e_ui²
+        del E
+        # ÷ √(Σ e_ui²) · √(Σ e_uj²) over the common users (roots first: no float32 overflow; a zero
+        # sum has a zero numerator, so the clamp only avoids 0/0)
+        sq.sqrt_().clamp_(min=1e-30)
+        rho.div_(sq).div_(sq.T)
+        del sq
+        support = H.T @ H
+        del H
+        # shrink by (|U_ij| − 1) / (|U_ij| − 1 + shrinkage); fewer than 2 common users: 0
+        support.sub_(1.0).clamp_(min=0.0)
+        rho.mul_(support).div_(support.add_(self.shrinkage).clamp_(min=1e-12))
         rho.fill_diagonal_(1.0)  # an item is its own nearest neighbour (in-sample predictions, as Surprise)
         self.shape = (m, n)
         self.mu, self.bu, self.bi = mu, bu, bi
-        self._sim = rho.float()
+        self._sim = rho
         # each user's rated items and residuals (CSR by user): predictions are grouped by user
         order = torch.argsort(rows * n + cols)
         self._items = cols[order]
