@@ -102,3 +102,88 @@ def test_a_fit_never_imports_dynamo(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().endswith("clean"), "torch._dynamo was imported by a plain fit"
+
+
+def test_loading_a_state_drops_the_cached_kernel_lists():
+    """step() caches the kernel's lists (params, moments, step counts); load_state_dict replaces
+    the state, so a later step must use the loaded moments, as torch's Adam does."""
+    seed = _seed()
+    ours, g = _params(seed, torch.float64)
+    a = FusedAdam(ours, lr=torch.tensor(0.02, dtype=torch.float64))
+    _grads(ours, g)
+    a.step()
+    sd, snap = copy.deepcopy(a.state_dict()), [p.detach().clone() for p in ours]
+    for _ in range(3):  # the lists are cached and the state moves on
+        _grads(ours, g)
+        a.step()
+    with torch.no_grad():
+        for p, s in zip(ours, snap):
+            p.copy_(s)
+    a.load_state_dict(sd)
+    twin = [s.clone().requires_grad_() for s in snap]
+    b = torch.optim.Adam(twin, lr=torch.tensor(0.02, dtype=torch.float64), fused=True)
+    b.load_state_dict(copy.deepcopy(sd))
+    for step in range(2):
+        _grads(ours, torch.Generator().manual_seed(seed + 10 + step))
+        _grads(twin, torch.Generator().manual_seed(seed + 10 + step))
+        a.step()
+        b.step()
+        for p, q in zip(ours, twin):
+            assert torch.equal(p, q), f"step {step} after load_state_dict (seed {seed})"
+
+
+def _losses(seed, dtype):
+    """A loss curve with every case the schedule distinguishes: real improvements, improvements
+    below the 1e-4 threshold, a J exactly on it, flat stretches, NaN and ±inf."""
+    g = torch.Generator().manual_seed(seed)
+    J, out = 100.0, []
+    for k in range(300):
+        r = float(torch.rand((), generator=g))
+        if r < 0.3:
+            J *= 1 - 0.05 * float(torch.rand((), generator=g))
+        elif r < 0.45:
+            J *= 1 - 5e-5  # better, but not by the threshold
+        elif r < 0.5:
+            J *= 1 - 1e-4  # on the threshold (J < best·(1 − 1e-4) is decided by rounding)
+        elif r < 0.53:
+            out.append(float(("nan", "inf", "-inf")[k % 3]))
+            continue
+        out.append(J)
+    return torch.tensor(out, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("lr, factor, patience, min_lr", [(1e-2, 0.5, 3, 1e-5), (2e-8, 0.5, 0, 1e-12),
+                                                         (1e-3, 0.1, 5, 1e-6), (2e-2, 0.9999, 1, 1.9998e-2)])
+def test_native_plateau_step_makes_the_torch_schedules_decisions(dtype, lr, factor, patience, min_lr):
+    """The C schedule (dlrl_kernels.cpu.plateau_step, the CPU's default) and its torch twin give
+    bit-equal state after every epoch: lr (2e-8·0.5 puts lr − lr·factor exactly on the 1e-8
+    rule), best, the bad-epoch count, the stop flag and Adam's lr."""
+    from dlrl import model as M
+    from dlrl_kernels import _dispatch
+
+    if not _dispatch.native_status()[0]:
+        pytest.skip("native CPU kernels unavailable")
+    seed = _seed()
+    a = M._Plateau(lr, factor, patience, min_lr, "cpu", native=True)
+    b = M._Plateau(lr, factor, patience, min_lr, "cpu", native=False)
+    la, lb = torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
+    seen, attempts = set(), 0
+    for k, J in enumerate(_losses(seed, dtype)):
+        before = b.best.clone()
+        a.step(J, la)
+        b.step(J, lb)
+        attempts += int(b.bad) == 0 and torch.equal(before, b.best)  # patience ran out: a reduction tried
+        for name in ("lr", "best", "bad", "stopped"):
+            x, y = getattr(a, name), getattr(b, name)
+            assert x.dtype == y.dtype and torch.equal(x, y), f"epoch {k} {name}: {x} vs {y} (seed {seed})"
+        assert torch.equal(la, lb), f"epoch {k} adam lr: {la} vs {lb} (seed {seed})"
+        seen.add((float(b.lr), bool(b.stopped)))
+    assert attempts > 0, f"no reduction was ever tried (seed {seed}): the test would not test"
+    # (2e-8: every reduction is refused by the 1e-8 rule, the point of that case)
+    assert len(seen) > 1 or lr == 2e-8, f"the schedule never changed the lr (seed {seed})"
+    sd = a.state_dict()
+    c = M._Plateau(1.0, factor, patience, min_lr, "cpu", native=True)
+    c.load_state_dict(sd)
+    c.step(torch.tensor(0.5, dtype=dtype))
+    assert torch.equal(sd["best"], a.best), "a loaded schedule's steps must not write into the state dict"

@@ -23,6 +23,8 @@ float32 or float64 of one dtype, all contiguous on the CPU):
 - ``chain_loss``, ``published_forward`` / ``published_backward``: see their docstrings
 - ``eta_gram(G0, G1, G2, c, eta, lo, hi)`` → (S, t) and ``eta_grad(gS, G1, G2, t, eta, lo, hi)``
   → ∂J/∂η: the model's per-epoch gram S(η) and η's adjoint through it (the autograd-free step)
+- ``plateau_step(J, lr, best, bad, stopped, factor, patience, min_lr, adam_lr)``: one epoch of the
+  fit's plateau schedule on its state tensors, in place (``dlrl.model._Plateau``)
 
 With more than one torch thread and at least ``PARALLEL_MIN_NNZ`` entries the residual is split
 over two threads and R and Q are computed on two threads at once (ctypes releases the GIL;
@@ -45,7 +47,7 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("sparse_cpu.c")
-ABI = 8
+ABI = 9
 #: ranks up to this get a build specialised for their d (see sparse_cpu.c); others the generic one
 MAX_SPECIAL_D = 128
 #: below this many entries one thread does everything (thread hand-off costs ~50 µs)
@@ -164,8 +166,10 @@ def _build(d: int = 0) -> tuple[object, str]:
         for f in ("eta_gram", "eta_grad"):
             getattr(so, f"dlrl_{f}_{suf}").argtypes = [i64, i64, ptr, ptr, ptr, ptr, ptr, ctypes.c_double,
                                                        ctypes.c_double, ptr, *([ptr] if f == "eta_gram" else [])]
+        getattr(so, f"dlrl_plateau_step_{suf}").argtypes = [ptr, ptr, ptr, ptr, ptr, ctypes.c_double, i64,
+                                                            ctypes.c_double, ptr]
         for f in ("residual", "grad_rows", "grad_cols", "loss_grad", "chain_cols_fwd", "chain_mid_fwd", "pub_power",
-                  "pub_pinv", "eta_gram", "eta_grad"):
+                  "pub_pinv", "eta_gram", "eta_grad", "plateau_step"):
             getattr(so, f"dlrl_{f}_{suf}").restype = None
         for f in ("chain_rows", "chain_cols_bwd", "chain_mid_bwd", "pub_backward"):
             getattr(so, f"dlrl_{f}_{suf}").restype = ctypes.c_int
@@ -507,9 +511,14 @@ def chain_loss(N, Ws, wide, ue, ve, relu, crow, cols, values, with_grad):
 
 # ----------------------------------------------------------------------------- published operator
 def _pub_args(S, expo):
-    """(lib, suffix, contiguous S, one exponent per matrix as a contiguous vector)."""
+    """(lib, suffix, contiguous S, one exponent per matrix as a contiguous vector). An ``expo`` that
+    already holds I contiguous values of S's dtype (the model's (I, 1, 1)) is passed as it is:
+    its storage is that vector (the reshape / expand would cost ~5 µs per call, twice an epoch)."""
     S = S.contiguous()
-    return _require(S.shape[-1]), _suffix(S), S, expo.reshape(-1).to(S.dtype).expand(S.shape[0]).contiguous()
+    I = S.shape[0]
+    if not (expo.dtype == S.dtype and expo.numel() == I and expo.is_contiguous() and expo.is_cpu):
+        expo = expo.reshape(-1).to(S.dtype).expand(I).contiguous()
+    return _require(S.shape[-1]), _suffix(S), S, expo
 
 
 def published_forward(S, expo, rtol):
@@ -552,25 +561,32 @@ def _eta_fn(name, d, dtype):
     return fn
 
 
-def _check_eta(G0, G1, G2, eta, **more):
-    """Metadata checks the raw pointers rely on (no host sync): G0, G1, G2 contiguous (I, d, d)
-    CPU tensors of one dtype; ``eta`` one element; ``more`` (name → (tensor, expected shape))."""
-    I, d = G0.shape[0], G0.shape[-1]
-    for name, t, shape in (("G0", G0, (I, d, d)), ("G1", G1, (I, d, d)), ("G2", G2, (I, d, d)), ("eta", eta, None),
-                           *((k, *v) for k, v in more.items())):
-        if t.dtype != G0.dtype or t.device.type != "cpu" or not t.is_contiguous():
-            raise ValueError(f"{name}: expected a contiguous CPU {G0.dtype} tensor, got {t.dtype} on {t.device}"
+def _check_eta(G0, G1, G2, eta, name, x):
+    """Metadata the raw pointers rely on (no host sync): G0, G1, G2 contiguous (I, d, d) CPU tensors
+    of one dtype, ``eta`` one element and ``x`` (named ``name``) I elements, alike. Called every
+    epoch, so the common case is one expression; the loop only names the culprit."""
+    I = G0.shape[0] if G0.dim() == 3 else -1
+    if (G0.dim() == 3 and G1.shape == G0.shape and G2.shape == G0.shape and eta.numel() == 1 and x.shape == (I,)
+            and G0.dtype == G1.dtype == G2.dtype == eta.dtype == x.dtype
+            and G0.is_cpu and G1.is_cpu and G2.is_cpu and eta.is_cpu and x.is_cpu
+            and G0.is_contiguous() and G1.is_contiguous() and G2.is_contiguous() and x.is_contiguous()):
+        return I, G0.shape[-1]
+    shape = tuple(G0.shape) if G0.dim() == 3 else "(I, d, d)"
+    for nm, t, want in (("G0", G0, shape), ("G1", G1, shape), ("G2", G2, shape), ("eta", eta, None),
+                        (name, x, (I,))):
+        if t.dtype != G0.dtype or not t.is_cpu or not t.is_contiguous():
+            raise ValueError(f"{nm}: expected a contiguous CPU {G0.dtype} tensor, got {t.dtype} on {t.device}"
                              + ("" if t.is_contiguous() else " (not contiguous)"))
-        if (t.numel() != 1) if shape is None else (tuple(t.shape) != shape):
-            raise ValueError(f"{name}: expected shape {shape or '(one element)'}, got {tuple(t.shape)}")
-    return I, d
+        if (t.numel() != 1) if want is None else (tuple(t.shape) != want):
+            raise ValueError(f"{nm}: expected shape {want or '(one element)'}, got {tuple(t.shape)}")
+    raise AssertionError("unreachable")
 
 
 def eta_gram(G0, G1, G2, c, eta, lo, hi):
     """(S, t): S_k = G0_k + t_k G1_k + t_k² G2_k, t_k = c_k / clamp(η, lo, hi) — the model's
     per-epoch gram (``DLRL._gram_parts``, its torch twin) in one call; G0, G1, G2 (I, d, d),
     c (I,), η one element (read through its pointer)."""
-    I, d = _check_eta(G0, G1, G2, eta, c=(c, (G0.shape[0],)))
+    I, d = _check_eta(G0, G1, G2, eta, "c", c)
     S = torch.empty_like(G0)
     t = torch.empty(I, dtype=G0.dtype)
     _eta_fn("gram", d, G0.dtype)(I, d, G0.data_ptr(), G1.data_ptr(), G2.data_ptr(), c.data_ptr(), eta.data_ptr(),
@@ -581,8 +597,32 @@ def eta_gram(G0, G1, G2, c, eta, lo, hi):
 def eta_grad(gS, G1, G2, t, eta, lo, hi):
     """∂J/∂η (shaped like η) for ∂J/∂S of ``eta_gram``'s S and its t: −Σ_k t_k ⟨∂S_k, G1_k +
     2t_k G2_k⟩ / η where lo ≤ η ≤ hi, else 0 (``DLRL._eta_grad``, its torch twin)."""
-    I, d = _check_eta(gS, G1, G2, eta, t=(t, (gS.shape[0],)))
+    I, d = _check_eta(gS, G1, G2, eta, "t", t)
     out = torch.empty_like(eta)
     _eta_fn("grad", d, gS.dtype)(I, d, gS.data_ptr(), G1.data_ptr(), G2.data_ptr(), t.data_ptr(), eta.data_ptr(),
                                  lo, hi, out.data_ptr())
     return out
+
+
+# ----------------------------------------------------------------------------- plateau schedule
+def plateau_step(J, lr, best, bad, stopped, factor, patience, min_lr, adam_lr=None):
+    """One epoch of ``dlrl.model._Plateau`` (its torch code is the twin) on its state, in place:
+    ``lr``, ``best`` 0-d float64, ``bad`` 0-d int64, ``stopped`` 0-d bool; J one float32/float64
+    element, read through its pointer (no host read); ``adam_lr`` (0-d float64 or None) receives
+    the lr Adam uses, 0 once stopped. All CPU tensors."""
+    ok = (lr.dtype == best.dtype == torch.float64 and bad.dtype == torch.int64 and stopped.dtype == torch.bool
+          and J.dtype in (torch.float32, torch.float64) and J.numel() == 1
+          and lr.numel() == best.numel() == bad.numel() == stopped.numel() == 1
+          and J.is_cpu and lr.is_cpu and best.is_cpu and bad.is_cpu and stopped.is_cpu
+          and (adam_lr is None or (adam_lr.dtype == torch.float64 and adam_lr.numel() == 1 and adam_lr.is_cpu)))
+    if not ok:
+        got = {k: (t.dtype, tuple(t.shape), str(t.device)) for k, t in
+               (("J", J), ("lr", lr), ("best", best), ("bad", bad), ("stopped", stopped), ("adam_lr", adam_lr))
+               if t is not None}
+        raise ValueError("plateau_step: expected one-element CPU tensors, J float32/float64, lr/best/adam_lr "
+                         f"float64, bad int64, stopped bool; got {got}")
+    fn = _state.get(("plateau", J.dtype))
+    if fn is None:
+        fn = _state[("plateau", J.dtype)] = getattr(_require(0), f"dlrl_plateau_step_{_suffix(J)}")
+    fn(J.data_ptr(), lr.data_ptr(), best.data_ptr(), bad.data_ptr(), stopped.data_ptr(), float(factor), int(patience),
+       float(min_lr), 0 if adam_lr is None else adam_lr.data_ptr())

@@ -581,6 +581,39 @@ DLRL_PUB(double, f64, pow)
 DLRL_ETA(float, f32)
 DLRL_ETA(double, f64)
 
+/* One epoch of the DLRL fit's plateau schedule (model.py ``_Plateau``: torch's
+ * ReduceLROnPlateau(mode="min", threshold=1e-4 relative, cooldown=0) plus the stop rule
+ * lr < min_lr; its torch code is the twin) on the schedule's own state tensors, and the lr Adam
+ * then uses (0 once stopped) when adam_lr is not NULL:
+ *   better = J < best (1 - 1e-4); best = better ? J : best; bad = better ? 0 : bad + 1;
+ *   if bad > patience: lr = lr * factor when lr - lr * factor > 1e-8, and bad = 0;
+ *   stopped |= lr < min_lr.
+ * Why C: in torch this is ~20 ops on 0-d tensors each epoch (~50 us), and reading the values into
+ * Python instead would be a host read per epoch. The decisions must be the twin's exactly: the
+ * product lr * factor goes through a volatile so that -ffast-math cannot rewrite lr - lr * factor
+ * as lr * (1 - factor) (a different rounding); the other comparisons are single operations. */
+#define DLRL_PLATEAU(T, SUF)                                                                    \
+    void dlrl_plateau_step_##SUF(const T *J_, double *lr, double *best, int64_t *bad,          \
+                                 uint8_t *stopped, double factor, int64_t patience,             \
+                                 double min_lr, double *adam_lr) {                               \
+        const double J = (double)*J_;                                                           \
+        const int better = J < *best * (1.0 - 1e-4);                                            \
+        if (better) *best = J;                                                                  \
+        int64_t b = better ? 0 : *bad + 1;                                                      \
+        if (b > patience) {                                                                     \
+            volatile double reduced = *lr * factor;                                             \
+            const double nw = reduced;                                                          \
+            if (*lr - nw > 1e-8) *lr = nw;                                                      \
+            b = 0;                                                                              \
+        }                                                                                       \
+        *bad = b;                                                                               \
+        *stopped = (uint8_t)(*stopped || *lr < min_lr);                                         \
+        if (adam_lr) *adam_lr = *stopped ? 0.0 : *lr;                                           \
+    }
+
+DLRL_PLATEAU(float, f32)
+DLRL_PLATEAU(double, f64)
+
 /* the ABI version the loader checks (bump on any signature change), and the d of this build */
-int dlrl_native_abi(void) { return 8; }
+int dlrl_native_abi(void) { return 9; }
 int dlrl_native_dim(void) { return DLRL_D; }

@@ -652,8 +652,11 @@ class DLRL(nn.Module):
 
         from dlrl_kernels.ops import lowrank_block as _lb
 
+        args = []  # block_power's arguments after S: they depend on S's device only, resolved once
+
         def fwd(S):
-            args = self._power_args(S)
+            if not args:
+                args.extend(self._power_args(S))
             out = _lb._block_power_impl(S, *args)
             return out[0], (args, out)
 
@@ -683,8 +686,15 @@ class DLRL(nn.Module):
         if not self._fusable((prep["G0"], wide, None if cols is None else cols[0])):
             return None
         be = _mrs.TABLE_LOSS.resolve(cfg.backend, obs.values.device, triton_ok=True, cuda_ok=True)[0]
+        # where each weight's gradient lies in the op's flat ∂W: (W, shape, contiguous strides, offset) —
+        # as_strided views of it cost ~1.5 µs each where slicing and .view cost ~8 µs per weight
+        views, off = [], 0
+        for W in self.W:
+            views.append((W, W.shape, tuple(math.prod(W.shape[i + 1:]) for i in range(W.dim())), off))
+            off += W.numel()
         return {"wide": wide, "act": act, "ops": self._operator_fn(), "backend": be, "impl": _cl._impl,
-                "Ws": list(self.W), "eta": self._eta_fns(be == "cpu" and prep["G0"].device.type == "cpu")}
+                "Ws": list(self.W), "eta": self._eta_fns(be == "cpu" and prep["G0"].device.type == "cpu"),
+                "grad_views": views}
 
     @torch.no_grad()
     def _manual_step(self, obs, nnz, plan=None):
@@ -724,15 +734,12 @@ class DLRL(nn.Module):
             if cols is not None:
                 gue, gve = gue * s, gve * s
         self.eta.grad = eta_grad(bwd(S, saved, gN), prep, t, eta)
-        off = 0
-        for W in Ws:
-            k = W.numel()
-            W.grad = gW[off:off + k].view(W.shape)
-            off += k
+        for W, shape, stride, off in plan["grad_views"]:
+            W.grad = gW.as_strided(shape, stride, off)
         if cols is not None:
-            self.bu.grad = gue[:, 0].contiguous()
-            self.mu.grad = self.bu.grad.sum().reshape(self.mu.shape)
-            self.bi.grad = gve[:, 1].contiguous()
+            self.bu.grad = gue.select(1, 0).contiguous()
+            self.mu.grad = self.bu.grad.sum()  # (μ is 0-d)
+            self.bi.grad = gve.select(1, 1).contiguous()
         return J
 
     def _need_prep(self, prep):
@@ -827,10 +834,9 @@ class DLRL(nn.Module):
         m, n = self.config.shape
         key = (m, n, self.bu.dtype, self.bu.device)
         if getattr(self, "_ones_key", None) != key:
-            self._ones = (self.bu.new_ones(m, 1), self.bu.new_ones(n, 1))
+            self._ones = (self.bu.new_ones(m), self.bu.new_ones(n))
             self._ones_key = key
-        return (torch.cat([(self.mu + self.bu)[:, None], self._ones[0]], 1),
-                torch.cat([self._ones[1], self.bi[:, None]], 1))
+        return torch.stack([self.mu + self.bu, self._ones[0]], 1), torch.stack([self._ones[1], self.bi], 1)
 
     def _chain_layout(self):
         """(N, wide, u_extra, v_extra, activation): the operators and how ``block_chain`` /
@@ -1331,7 +1337,7 @@ class DLRL(nn.Module):
         self._opt, self._sched = opt, sched
         adam_lr = opt.param_groups[0]["lr"]
         if fused:
-            adam_lr.copy_(torch.where(sched.stopped, torch.zeros_like(sched.lr), sched.lr))
+            sched.apply(adam_lr)
         self._best = best
         self.stop_reason = "epochs"
         self.interrupted = False
@@ -1346,7 +1352,6 @@ class DLRL(nn.Module):
         self._carry_best = carry_best
         every_epoch = val is not None or callback is not None or carry
         pend = []
-        nonfinite = torch.zeros((), dtype=torch.bool, device=dev)
         snap = [p.detach().clone() for p in params]
         bar = _progress(range(start, epochs), progress)
         last = start - 1
@@ -1357,11 +1362,12 @@ class DLRL(nn.Module):
             if not pend:
                 return None
             k = len(pend)
+            # (a non-finite J is found here, in the figures read anyway: no per-epoch isfinite)
             figs = torch.cat([torch.stack([r[1] for r in pend]).double(), torch.stack([r[2] for r in pend]).double(),
-                              torch.stack([r[3] for r in pend]), nonfinite.double()[None],
+                              torch.stack([r[3] for r in pend]),
                               *([torch.stack([r[4] for r in pend])] if track_schatten else [])]).tolist()
-            J, eta, lrs, bad = figs[:k], figs[k:2 * k], figs[2 * k:3 * k], figs[3 * k]
-            sch = figs[3 * k + 1:] if track_schatten else None
+            J, eta, lrs = figs[:k], figs[k:2 * k], figs[2 * k:3 * k]
+            sch = figs[3 * k:] if track_schatten else None
             recs, stop = [], None
             for i, r in enumerate(pend):
                 if not math.isfinite(J[i]):
@@ -1385,7 +1391,6 @@ class DLRL(nn.Module):
                     "mode='paper', or float64" + (" (mode='published': the elementwise power (S + st)^((p-2)/2) "
                                                    "hits negative entries of S = YᵀY, as in the published code)"
                                                    if cfg.mode == "published" else ""))
-            del bad
             self.history.extend(recs)
             snap = [p.detach().clone() for p in params]
             return stop
@@ -1406,7 +1411,7 @@ class DLRL(nn.Module):
                 if J is None:
                     J = self.loss(obs, outs, nnz=nnz_g)
                     J.backward()
-                Jd = J.detach()
+                Jd = J.detach() if J.requires_grad else J  # (the autograd-free step's J has no graph)
                 if ctx is not None:
                     Jd = Jd.clone()
                     ctx.all_reduce_([p.grad for p in params] + [Jd])
@@ -1416,12 +1421,9 @@ class DLRL(nn.Module):
                         carry_best = {"loss": jv, "epoch": epoch, "state": _clone_state(self.state_dict()),
                                       "prep": {k: v.clone() for k, v in self._prep.items()}}
                         self._carry_best = carry_best
-                nonfinite = nonfinite | ~torch.isfinite(Jd)
                 opt.step()
-                sched.step(Jd)
-                if fused:
-                    adam_lr.copy_(torch.where(sched.stopped, torch.zeros_like(sched.lr), sched.lr))
-                else:
+                sched.step(Jd, adam_lr if fused else None)
+                if not fused:
                     opt.param_groups[0]["lr"] = float(sched.lr)
                 sch = self._schatten_tensor([o.detach() for o in outs]) if track_schatten else None
                 pend.append((epoch, Jd, self._eta_value().detach(), sched.lr.clone(), sch,
@@ -1687,17 +1689,33 @@ class _Plateau:
     Same decisions as torch's scheduler: an epoch is better when J < best·(1 − 1e-4); after
     more than ``patience`` epochs without one the lr is multiplied by ``factor`` (if that
     changes it by more than 1e-8) and the count restarts.
+
+    On the CPU (``native``: by default when the native kernels are available) one epoch is one
+    C call on the state tensors, in place (``dlrl_kernels.cpu.plateau_step``) instead of ~20 ops
+    on 0-d tensors; elsewhere the torch code below, its twin (``tests/test_optim.py`` holds the
+    two to the same decisions).
     """
 
-    def __init__(self, lr, factor, patience, min_lr, device):
+    def __init__(self, lr, factor, patience, min_lr, device, native=None):
         f64 = dict(dtype=torch.float64, device=device)
         self.lr = torch.tensor(float(lr), **f64)
         self.best = torch.tensor(float("inf"), **f64)
         self.bad = torch.zeros((), dtype=torch.int64, device=device)
         self.stopped = torch.zeros((), dtype=torch.bool, device=device)
         self.factor, self.patience, self.min_lr = float(factor), int(patience), float(min_lr)
+        if native is None:
+            native = self.lr.is_cpu and dk_dispatch.native_status()[0]
+        self.native = bool(native)
 
-    def step(self, J):
+    def step(self, J, adam_lr=None):
+        """One epoch with loss J (0-d); ``adam_lr`` (0-d float64 or None) receives the lr Adam
+        should use: the schedule's, 0 once stopped."""
+        if self.native and J.is_cpu:
+            from dlrl_kernels import cpu
+
+            cpu.plateau_step(J, self.lr, self.best, self.bad, self.stopped, self.factor, self.patience, self.min_lr,
+                             adam_lr)
+            return
         J = J.double()
         better = J < self.best * (1.0 - 1e-4)
         self.best = torch.where(better, J, self.best)
@@ -1707,6 +1725,12 @@ class _Plateau:
         self.lr = torch.where(reduce & (self.lr - new > 1e-8), new, self.lr)
         self.bad = torch.where(reduce, torch.zeros_like(bad), bad)
         self.stopped = self.stopped | (self.lr < self.min_lr)
+        if adam_lr is not None:
+            self.apply(adam_lr)
+
+    def apply(self, adam_lr):
+        """adam_lr ← the lr Adam should use (0 once stopped), on the device."""
+        adam_lr.copy_(torch.where(self.stopped, torch.zeros_like(self.lr), self.lr))
 
     def state_dict(self):
         return {"lr": self.lr.clone(), "best": self.best.clone(), "bad": self.bad.clone(),
@@ -1714,11 +1738,12 @@ class _Plateau:
                 "min_lr": self.min_lr}
 
     def load_state_dict(self, sd):
+        # copies of the right dtypes: the native step writes the state in place
         dev = self.lr.device
-        self.lr = sd["lr"].to(dev, torch.float64)
-        self.best = sd["best"].to(dev, torch.float64)
-        self.bad = sd["bad"].to(dev)
-        self.stopped = sd["stopped"].to(dev)
+        self.lr = sd["lr"].to(dev, torch.float64).clone().reshape(())
+        self.best = sd["best"].to(dev, torch.float64).clone().reshape(())
+        self.bad = sd["bad"].to(dev, torch.int64).clone().reshape(())
+        self.stopped = sd["stopped"].to(dev, torch.bool).clone().reshape(())
 
 
 def _threads_for(nnz):
