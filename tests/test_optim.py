@@ -47,6 +47,9 @@ def test_bit_equal_to_torch_fused_adam(dtype):
             lr2.mul_(0.1)
         for p, q in zip(ours, theirs):
             assert torch.equal(p, q), f"step {step}: differs from torch.optim.Adam (seed {seed})"
+    for p, q in zip(ours, theirs):  # the step counts too (ours are views of one vector): torch's layout
+        sa, sb = a.state[p]["step"], b.state[q]["step"]
+        assert sa.shape == sb.shape == () and sa.dtype == sb.dtype and torch.equal(sa, sb), (sa, sb, seed)
     a.zero_grad()
     assert all(p.grad is None for p in ours)
 

@@ -625,26 +625,28 @@ class DLRL(nn.Module):
             "S = YᵀY (the published code has the same failure); use mode='paper' (true matrix power)"
         ) from err
 
-    def _operator_fn(self):
+    def _operator_fn(self, S_like):
         """(forward, backward) of the block operators without autograd: forward(S) → (N, saved),
         backward(S, saved, ∂N) → ∂S — the functions the ops ``published_operator`` /
-        ``block_power`` register with autograd, resolved as ``block_operators`` resolves them."""
+        ``block_power`` register with autograd, resolved as ``block_operators`` resolves them.
+        The implementation choice depends only on S's device and dtype (``S_like``: a tensor
+        like S, prep's G0), so it is made here, once per fit, not every epoch."""
         cfg = self.config
         if cfg.mode == "published":
             from dlrl_kernels.ops import pinv as _pinv
 
             expo = self._exponents()
+            name = _pinv.published_backend(cfg.backend, str(S_like.device))
 
             def fwd(S):
-                name = _pinv.published_backend(cfg.backend, str(S.device))
                 try:
                     M, Q, inv = _pinv._published_impl(S, expo, name)
                 except RuntimeError as err:
                     self._published_failure(S, err)
-                return M, (name, Q, inv)
+                return M, (Q, inv)
 
             def bwd(S, saved, gN):
-                name, Q, inv = saved
+                Q, inv = saved
                 return _pinv.published_grad(S, expo, Q, inv, gN, name)
 
             return fwd, bwd
@@ -652,16 +654,14 @@ class DLRL(nn.Module):
 
         from dlrl_kernels.ops import lowrank_block as _lb
 
-        args = []  # block_power's arguments after S: they depend on S's device only, resolved once
+        args = self._power_args(S_like)
 
         def fwd(S):
-            if not args:
-                args.extend(self._power_args(S))
             out = _lb._block_power_impl(S, *args)
-            return out[0], (args, out)
+            return out[0], out
 
-        def bwd(S, saved, gN):  # the op's backward, with the context its setup would have saved
-            (a, normalize, method, rtol, be), out = saved
+        def bwd(S, out, gN):  # the op's backward, with the context its setup would have saved
+            a, normalize, method, rtol, be = args
             ctx = types.SimpleNamespace(saved_tensors=(S, *out), a=list(a), normalize=normalize, method=method,
                                         rtol=rtol, impl=be)
             return _lb._backward(ctx, gN, None, None, None, None)[0]
@@ -692,7 +692,7 @@ class DLRL(nn.Module):
         for W in self.W:
             views.append((W, W.shape, tuple(math.prod(W.shape[i + 1:]) for i in range(W.dim())), off))
             off += W.numel()
-        return {"wide": wide, "act": act, "ops": self._operator_fn(), "backend": be, "impl": _cl._impl,
+        return {"wide": wide, "act": act, "ops": self._operator_fn(prep["G0"]), "backend": be, "impl": _cl._impl,
                 "Ws": list(self.W), "eta": self._eta_fns(be == "cpu" and prep["G0"].device.type == "cpu"),
                 "grad_views": views}
 
