@@ -217,3 +217,40 @@ def test_published_mode_loss_compiles_with_its_backward(gen):
         grads.append([J.detach()] + [p.grad.clone() for p in model.parameters() if p.requires_grad])
     for a, b in zip(*grads):
         assert torch.allclose(a, b, rtol=1e-10, atol=1e-12 * float(b.abs().max()))
+
+
+@pytest.mark.parametrize("mode", ["published", "paper"])
+def test_step_plan_reuses_gradient_buffers_safely(gen, mode):
+    """On the CPU the step's plan keeps the native loss's ∂N/∂W buffers for the whole fit
+    (``chain_loss.loss_and_grads(out=...)``): a step after the weights changed gives exactly
+    the gradients of a step with fresh buffers; buffers of the wrong shape are refused."""
+    from dlrl_kernels.ops.chain_loss import loss_and_grads
+
+    shape, r, c, v = problem(gen)
+    if mode == "published":
+        v = 0.01 * v
+    model = DLRL(shape, rank=4, dtype="float64", mode=mode)
+    model.fit(rows=r, cols=c, values=v, epochs=2, progress=False, tune=False)
+    obs = as_observations(rows=r, cols=c, values=v, shape=shape).to("cpu", torch.float64).sorted()
+    plan = model._step_plan(obs)
+    if plan is None or plan["backend"] != "cpu":
+        pytest.skip("the native CPU kernels are unavailable")
+    params = [p for p in model.parameters() if p.requires_grad]
+    model._manual_step(obs, obs.nnz, plan)
+    with torch.no_grad():
+        for W in model.W:
+            W.mul_(1.1)
+    J = model._manual_step(obs, obs.nnz, plan)
+    reused = [J.clone()] + [p.grad.clone() for p in params]
+    J = model._manual_step(obs, obs.nnz)  # a plan of its own: fresh buffers
+    fresh = [J] + [p.grad for p in params]
+    for a, b in zip(reused, fresh):
+        assert torch.equal(a, b)
+    S = plan["eta"][0](model._prep)[0]
+    N = plan["ops"][0](S)[0]
+    gN, gW = plan["impl"].keywords["out"]
+    pat = obs.pattern
+    for bad in [(gN[:-1], gW), (gN, gW[:-1]), (gN.float(), gW)]:
+        with pytest.raises(ValueError, match="out"):
+            loss_and_grads(N, plan["Ws"], plan["wide"], None, None, plan["act"], obs.rows, obs.cols, obs.values, "cpu",
+                           True, pat.crow, pat.ccol, pat.col_order, pat.rows_by_col, out=bad)

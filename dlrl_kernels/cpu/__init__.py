@@ -380,7 +380,20 @@ def _check_chain(N, Ws, ue, ve, crow, cols, values):
                          f"{tuple(cols.shape)} and {tuple(values.shape)}")
 
 
-def chain_loss(N, Ws, wide, ue, ve, relu, crow, cols, values, with_grad):
+def _scratch(n, dtype):
+    """A scratch tensor of at least n elements, reused by this thread's calls (the chain loss's
+    workspace: a fresh ~300 KB one per epoch cost ~30 µs at ML-100K's size); one per thread, so
+    calls from two threads never share it."""
+    ws = getattr(_scratch_local, "ws", None)
+    if ws is None or ws.dtype != dtype or ws.numel() < n:
+        ws = _scratch_local.ws = torch.empty(n, dtype=dtype)
+    return ws
+
+
+_scratch_local = threading.local()
+
+
+def chain_loss(N, Ws, wide, ue, ve, relu, crow, cols, values, with_grad, out=None):
     """The whole ``dlrl::chain_loss_sparse`` (ops/chain_loss.py) on the CPU: the middle blocks and
     their product, the outer blocks with the sparse loss between them, and — with
     ``with_grad`` — every adjoint for a unit incoming gradient (``sparse_cpu.c``,
@@ -393,8 +406,10 @@ def chain_loss(N, Ws, wide, ue, ve, relu, crow, cols, values, with_grad):
     or None; crow: the CSR row pointer of the row-sorted entries (cols, values in that order).
 
     All scratch (the middle blocks, the last block's output, q, the per-thread accumulators)
-    is one allocation addressed by offsets: at ML-100K's size this wrapper's own cost is part
-    of every epoch."""
+    is one allocation addressed by offsets, kept per thread (``_scratch``): at ML-100K's size this
+    wrapper's own cost is part of every epoch. ``out``: None, or (gN, gW) tensors (contiguous,
+    N's dtype, the shapes returned) to write the gradients into instead of fresh ones
+    (``ops.chain_loss.loss_and_grads``)."""
     I = len(Ws)
     d = N.shape[-1]
     dt = N.dtype
@@ -422,7 +437,7 @@ def chain_loss(N, Ws, wide, ue, ve, relu, crow, cols, values, with_grad):
     sizes = [3 * I2 * dd, n * d]
     if with_grad:
         sizes += [parts * n * d, parts * dd, (2 * parts * dd if two else 0), parts * n * kk, m * kk]
-    ws = torch.empty(sum(sizes), dtype=dt)
+    ws = _scratch(sum(sizes), dt)
     esz = ws.element_size()
     offs, o = [], ws.data_ptr()
     for sz in sizes:
@@ -460,8 +475,15 @@ def chain_loss(N, Ws, wide, ue, ve, relu, crow, cols, values, with_grad):
         _ok(rows_f(0, m, *args, Jp, 0, 0, 0, 0, 0, 0), "chain_rows")
         return 0.5 * J[0], None, None, None, None
     p_Q, p_gMid, p_gacc, p_Qe, p_gue = offs[2:]
-    gN = torch.empty_like(N)
-    gW = torch.empty(sum(W.numel() for W in Ws), dtype=dt)
+    nw = sum(W.numel() for W in Ws)
+    if out is None:
+        gN, gW = torch.empty_like(N), torch.empty(nw, dtype=dt)
+    else:
+        gN, gW = out
+        if gN.shape != N.shape or gW.shape != (nw,) or gN.dtype != dt or gW.dtype != dt or not gN.is_cpu or \
+                not gW.is_cpu or not gN.is_contiguous() or not gW.is_contiguous():
+            raise ValueError(f"out: expected contiguous CPU {dt} tensors of shapes {tuple(N.shape)} and ({nw},), got "
+                             f"{gN.dtype} {tuple(gN.shape)} and {gW.dtype} {tuple(gW.shape)}")
     gNp, gWp = gN.data_ptr(), gW.data_ptr()
     args = (n, d, k, crowp, colsp, valp, W1p, d, 1, Nptr, Mid, int(relu), p_Y, uep, vep, 1)
     nd, nk = n * d * esz, n * kk * esz

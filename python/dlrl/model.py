@@ -692,7 +692,13 @@ class DLRL(nn.Module):
         for W in self.W:
             views.append((W, W.shape, tuple(math.prod(W.shape[i + 1:]) for i in range(W.dim())), off))
             off += W.numel()
-        return {"wide": wide, "act": act, "ops": self._operator_fn(prep["G0"]), "backend": be, "impl": _cl._impl,
+        impl = _cl.loss_and_grads
+        if be == "cpu":  # the native loss writes ∂N, ∂W into buffers kept for the fit (see loss_and_grads)
+            import functools
+
+            G0 = prep["G0"]
+            impl = functools.partial(impl, out=(torch.empty_like(G0), G0.new_empty(off)))
+        return {"wide": wide, "act": act, "ops": self._operator_fn(prep["G0"]), "backend": be, "impl": impl,
                 "Ws": list(self.W), "eta": self._eta_fns(be == "cpu" and prep["G0"].device.type == "cpu"),
                 "grad_views": views}
 
