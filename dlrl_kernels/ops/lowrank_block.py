@@ -112,14 +112,13 @@ def power_iteration_top(P, squarings=SPECTRAL_SQUARINGS):
 def _scale(P, lam, Q, a, normalize):
     """(c, v): the normaliser of P = S^a and, for "spectral", its top unit vector."""
     tiny = torch.finfo(P.dtype).tiny
-    empty = P.new_zeros(P.shape[:-1])
     if normalize in (None, "none"):
-        return torch.ones(P.shape[:-2], dtype=P.dtype, device=P.device), empty
+        return torch.ones(P.shape[:-2], dtype=P.dtype, device=P.device), P.new_zeros(P.shape[:-1])
     if normalize == "trace":
         c = P.diagonal(dim1=-2, dim2=-1).sum(-1) / P.shape[-1]
-        return c.clamp_min(tiny), empty
+        return c.clamp_min(tiny), P.new_zeros(P.shape[:-1])
     if normalize == "frobenius":
-        return torch.linalg.matrix_norm(P).clamp_min(tiny), empty
+        return torch.linalg.matrix_norm(P).clamp_min(tiny), P.new_zeros(P.shape[:-1])
     # spectral
     if lam is not None:
         # f(λ) = λ^a is increasing (a ≥ 0): the largest eigenvalue of S^a is f(λ_max), and its
@@ -139,20 +138,22 @@ def _block_power_impl(S: Tensor, a: List[float], normalize: str, method: str, rt
     fn = TABLE.load(impl)
     nz = None if normalize == "none" else normalize
     eigh = method == "eigh"
-    N = torch.empty_like(S)
-    c = S.new_empty(S.shape[:-2])
-    v = S.new_empty(S.shape[:-1])
-    lam = S.new_empty(S.shape[:-1] if eigh else (0,))
-    Q = S.new_empty(S.shape if eigh else (0,))
-    for ak, idx in _groups(a, S.shape[0] if S.dim() > 2 else 1).items():
+    groups = _groups(a, S.shape[0] if S.dim() > 2 else 1)
+    if len(groups) > 1:  # (one group, the common case, returns its results as they are: no copies)
+        N = torch.empty_like(S)
+        c = S.new_empty(S.shape[:-2])
+        v = S.new_empty(S.shape[:-1])
+        lam = S.new_empty(S.shape[:-1] if eigh else (0,))
+        Q = S.new_empty(S.shape if eigh else (0,))
+    for ak, idx in groups.items():
         Sg = S if idx is None else S[idx]
         P, lg, Qg = _power(Sg, ak, method, rtol, fn)
         cg, vg = _scale(P, lg, Qg, ak, nz)
         Ng = P / cg[..., None, None]
         if idx is None:
             N, c, v = Ng, cg, vg
-            if eigh:
-                lam, Q = lg, Qg.contiguous()  # eigh returns column-major Q; the fake says row-major
+            # eigh returns column-major Q; the fake says row-major
+            lam, Q = (lg, Qg.contiguous()) if eigh else (S.new_empty((0,)), S.new_empty((0,)))
         else:
             N[idx], c[idx], v[idx] = Ng, cg, vg
             if eigh:
@@ -192,9 +193,10 @@ def _backward(ctx, gN, gc, gv, glam, gQ):
             gP = gP - inner * N
         else:  # spectral: ∂λ_max(P)/∂P = v vᵀ
             gP = gP - inner * (v[..., :, None] * v[..., None, :])
-    gS = torch.empty_like(S)
+    groups = _groups(ctx.a, S.shape[0] if S.dim() > 2 else 1)
+    gS = torch.empty_like(S) if len(groups) > 1 else None
     fn = TABLE.load(ctx.impl) if ctx.method != "eigh" else None
-    for ak, idx in _groups(ctx.a, S.shape[0] if S.dim() > 2 else 1).items():
+    for ak, idx in groups.items():
         sel = (lambda t: t) if idx is None else (lambda t: t[idx])
         if ctx.method == "eigh":
             lg = sel(lam)
