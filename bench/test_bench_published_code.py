@@ -74,3 +74,12 @@ def test_bad_arguments_name_the_argument(tmp_path):
     proc = subprocess.run([sys.executable, str(REPO / "bench" / "bench_published_code.py"), "--published",
                            str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "--published" in proc.stderr and "DLRL.py" in proc.stderr
+
+
+def test_markdown_is_generated_from_the_results():
+    doc = {"median": {"published code": {"train_seconds": 40.0, "train_cpu": 39.5, "test_rmse": 0.9385},
+                      "dlrl mode=published": {"train_seconds": 0.5, "train_cpu": 0.49, "test_rmse": 0.9414}},
+           "rounds": 3, "machine": "CPU X", "torch": "2.13.0", "date": "2026-12-01", "ratio_train_seconds": 80.0,
+           "ratio_train_cpu": 80.6}
+    text = bpc.markdown(doc, "r.json")
+    assert "from r.json" in text and "| published code | 40.000 | 39.500 | 0.9385 |" in text and "**80×**" in text
