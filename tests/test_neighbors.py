@@ -131,7 +131,7 @@ def test_bad_data(gen):
     r, c, v = _ratings(gen, 6, 5, 0.6)
     with pytest.raises(RuntimeError, match="fit"):
         ItemKNN().predict(r, c)
-    with pytest.raises(ValueError, match="rows/cols"):
+    with pytest.raises(ValueError, match=r"rows: expected indices in \[0, 3\)"):
         ItemKNN().fit(r, c, v, (3, 5))
     with pytest.raises(ValueError, match="duplicates"):
         ItemKNN().fit(torch.cat([r, r[:1]]), torch.cat([c, c[:1]]), torch.cat([v, v[:1]]), (6, 5))
@@ -140,7 +140,7 @@ def test_bad_data(gen):
     with pytest.raises(ValueError, match="shape"):
         ItemKNN().fit(r, c, v, (6, 10 ** 6))
     model = ItemKNN().fit(r, c, v, (6, 5))
-    with pytest.raises(ValueError, match="rows/cols"):
+    with pytest.raises(ValueError, match=r"cols: expected indices in \[0, 5\)"):
         model.predict(torch.tensor([0]), torch.tensor([5]))
     with pytest.raises(ValueError, match="same length"):
         model.predict(torch.tensor([0, 1]), torch.tensor([0]))
@@ -154,3 +154,15 @@ def test_constant_ratings_give_the_constant_without_nan(gen):
     for cls in (ItemKNN, UserKNN):
         full = cls(k=3, shrinkage=0.0).fit(r, c, torch.full_like(v, 3.25), shape).complete()
         torch.testing.assert_close(full, torch.full(shape, 3.25, dtype=torch.float64), rtol=0, atol=1e-12)
+
+
+def test_ids_are_never_truncated_and_errors_name_the_user_side(gen):
+    r, c, v = _ratings(gen, 6, 5, 0.6)
+    with pytest.raises(ValueError, match="rows"):
+        ItemKNN().fit(r.double() + 0.5, c, v, (6, 5))
+    user = UserKNN().fit(r, c, v, (6, 5))
+    with pytest.raises(ValueError, match="cols"):
+        user.predict(torch.tensor([0]), torch.tensor([1.5]))
+    with pytest.raises(ValueError, match=r"rows: expected indices in \[0, 6\)"):
+        user.predict(torch.tensor([6]), torch.tensor([0]))
+    assert user.complete().shape == (6, 5)

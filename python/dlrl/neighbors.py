@@ -40,22 +40,6 @@ def fits(shape) -> bool:
     return max(m, n) <= MAX_ITEMS and m * n <= MAX_CELLS
 
 
-def _positive_int(v, name, lo=1):
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-        raise ValueError(f"{name}: expected an integer >= {lo}, got {v!r}")
-    return v
-
-
-def _nonneg(v, name):
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name}: expected a number >= 0, got {v!r}") from None
-    if not f >= 0 or f == float("inf"):
-        raise ValueError(f"{name}: expected a finite number >= 0, got {v!r}")
-    return f
-
-
 class ItemKNN:
     """Item–item neighbourhood model with baselines (module doc). ``fit(rows, cols, values,
     shape)`` then ``predict(rows, cols)``; unseen users / items get the baseline parts they
@@ -63,11 +47,13 @@ class ItemKNN:
 
     def __init__(self, k: int = 40, shrinkage: float = 100.0, reg_item: float = 10.0, reg_user: float = 15.0,
                  baseline_epochs: int = 10, clip=None):
-        self.k = _positive_int(k, "k")
-        self.shrinkage = _nonneg(shrinkage, "shrinkage")
-        self.reg_item = _nonneg(reg_item, "reg_item")
-        self.reg_user = _nonneg(reg_user, "reg_user")
-        self.baseline_epochs = _positive_int(baseline_epochs, "baseline_epochs")
+        from .model import _float_arg, _int_arg
+
+        self.k = _int_arg(k, "k", lo=1)
+        self.shrinkage = _float_arg(shrinkage, "shrinkage", lo=0.0)
+        self.reg_item = _float_arg(reg_item, "reg_item", lo=0.0)
+        self.reg_user = _float_arg(reg_user, "reg_user", lo=0.0)
+        self.baseline_epochs = _int_arg(baseline_epochs, "baseline_epochs", lo=1)
         if clip is not None:
             lo, hi = (float(c) for c in clip)
             if not lo < hi:
@@ -77,24 +63,31 @@ class ItemKNN:
         self.shape = None
 
     def fit(self, rows, cols, values, shape):
+        rows, cols, values, (m, n) = self._checked(rows, cols, values, shape)
+        return self._fit(rows, cols, values, m, n, self.reg_item, self.reg_user)
+
+    @staticmethod
+    def _checked(rows, cols, values, shape):
+        """The training entries as tensors, checked (the argument named in every error)."""
         from .tuning import _as_tensors
 
-        rows, cols, values = _as_tensors(rows, cols, values)
         try:
             m, n = (int(s) for s in shape)
         except (TypeError, ValueError):
             raise ValueError(f"shape: expected (n_rows, n_cols), got {shape!r}") from None
-        if n > MAX_ITEMS or m * n > MAX_CELLS:
-            raise ValueError(f"shape: the dense neighbourhood model takes at most {MAX_ITEMS} items and "
+        if max(m, n) > MAX_ITEMS or m * n > MAX_CELLS:
+            raise ValueError(f"shape: the dense neighbourhood models take at most {MAX_ITEMS} rows or columns and "
                              f"{MAX_CELLS:.0e} cells, got {m}×{n}")
+        rows, cols, values = _as_tensors(rows, cols, values, (m, n))
         if rows.numel() == 0:
             raise ValueError("values: expected at least one rating, got none")
-        if int(rows.min()) < 0 or int(rows.max()) >= m or int(cols.min()) < 0 or int(cols.max()) >= n:
-            raise ValueError(f"rows/cols: expected indices inside shape {(m, n)}, got rows in "
-                             f"[{int(rows.min())}, {int(rows.max())}], cols in [{int(cols.min())}, {int(cols.max())}]")
         flat = rows * n + cols
         if torch.unique(flat).numel() != flat.numel():
             raise ValueError("rows/cols: expected each (row, col) at most once, got duplicates")
+        return rows, cols, values, (m, n)
+
+    def _fit(self, rows, cols, values, m, n, reg_item, reg_user):
+        """The model of module doc on checked entries; ``reg_item`` penalises the column biases."""
         v = values.double()
         mu = float(v.mean())
         cu = torch.bincount(rows, minlength=m).double()
@@ -102,8 +95,8 @@ class ItemKNN:
         bu = torch.zeros(m, dtype=torch.float64)
         bi = torch.zeros(n, dtype=torch.float64)
         for _ in range(self.baseline_epochs):  # item biases first, then users (alternating LS)
-            bi = torch.zeros(n, dtype=torch.float64).index_add_(0, cols, v - mu - bu[rows]) / (self.reg_item + ci)
-            bu = torch.zeros(m, dtype=torch.float64).index_add_(0, rows, v - mu - bi[cols]) / (self.reg_user + cu)
+            bi = torch.zeros(n, dtype=torch.float64).index_add_(0, cols, v - mu - bu[rows]) / (reg_item + ci)
+            bu = torch.zeros(m, dtype=torch.float64).index_add_(0, rows, v - mu - bi[cols]) / (reg_user + cu)
         e = v - mu - bu[rows] - bi[cols]
         # dense residual and mask: m×n float32 each (MAX_CELLS bounds them); the three n×n sums,
         # in float32 and in place (peak ≈ 2 n×n float32 arrays beside E and H: 0.5 GB at MAX_ITEMS)
@@ -157,25 +150,26 @@ class ItemKNN:
         num = (w * resid.double()).sum(0)
         return torch.where(wsum > 0, num / wsum.clamp_min(1e-300), torch.zeros_like(wsum))
 
-    def _check_fitted(self):
-        if self.shape is None:
-            raise RuntimeError("predict: call fit() first")
-
     def _finish(self, out):
         return out.clamp(*self.clip) if self.clip is not None else out
 
-    @torch.no_grad()
-    def predict(self, rows, cols):
-        """r̂ for the (row, col) pairs (float64)."""
-        self._check_fitted()
-        rows = torch.as_tensor(rows).long().reshape(-1)
-        cols = torch.as_tensor(cols).long().reshape(-1)
+    def _pairs(self, rows, cols, shape):
+        """(row, col) query pairs as checked index tensors."""
+        from .model import _index_tensor
+
+        if self.shape is None:
+            raise RuntimeError("predict: call fit() first")
+        rows, cols = _index_tensor(rows, "rows", shape[0]), _index_tensor(cols, "cols", shape[1])
         if rows.numel() != cols.numel():
             raise ValueError(f"rows/cols: expected the same length, got {rows.numel()} and {cols.numel()}")
-        m, n = self.shape
-        if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= m or int(cols.min()) < 0
-                             or int(cols.max()) >= n):
-            raise ValueError(f"rows/cols: expected indices inside shape {self.shape}")
+        return rows, cols
+
+    def predict(self, rows, cols):
+        """r̂ for the (row, col) pairs (float64)."""
+        return self._predict(*self._pairs(rows, cols, self.shape))
+
+    @torch.no_grad()
+    def _predict(self, rows, cols):
         out = self.mu + self.bu[rows] + self.bi[cols]
         order = torch.argsort(rows, stable=True)
         users, counts = torch.unique_consecutive(rows[order], return_counts=True)
@@ -189,7 +183,8 @@ class ItemKNN:
     @torch.no_grad()
     def complete(self):
         """The full m×n matrix of predictions (float64)."""
-        self._check_fitted()
+        if self.shape is None:
+            raise RuntimeError("complete: call fit() first")
         m, n = self.shape
         out = self.mu + self.bu[:, None] + self.bi[None, :]
         for u in range(m):
@@ -203,16 +198,13 @@ class UserKNN(ItemKNN):
     baseline penalties keep their meaning (``reg_user`` for the user biases)."""
 
     def fit(self, rows, cols, values, shape):
-        m, n = (int(s) for s in shape)
-        self.reg_item, self.reg_user = self.reg_user, self.reg_item  # ItemKNN's columns are the users here
-        try:
-            super().fit(cols, rows, values, (n, m))
-        finally:
-            self.reg_item, self.reg_user = self.reg_user, self.reg_item
-        return self
+        rows, cols, values, (m, n) = self._checked(rows, cols, values, shape)
+        # ItemKNN's model on the transpose: its columns are the users here
+        return self._fit(cols, rows, values, n, m, self.reg_user, self.reg_item)
 
     def predict(self, rows, cols):
-        return super().predict(cols, rows)
+        r, c = self._pairs(rows, cols, self.shape[::-1])
+        return self._predict(c, r)
 
     def complete(self):
         return super().complete().T

@@ -187,9 +187,12 @@ def _ctor_names():
         inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)}
 
 
-def _as_tensors(rows, cols, values):
-    rows = torch.as_tensor(rows).long().reshape(-1)
-    cols = torch.as_tensor(cols).long().reshape(-1)
+def _as_tensors(rows, cols, values, shape=None):
+    """rows, cols (integer ids, inside ``shape`` when given: never truncated) and values (finite)."""
+    from .model import _index_tensor
+
+    m, n = (2 ** 62, 2 ** 62) if shape is None else shape
+    rows, cols = _index_tensor(rows, "rows", m), _index_tensor(cols, "cols", n)
     values = torch.as_tensor(values)
     if not values.is_floating_point():
         values = values.double()
@@ -260,7 +263,7 @@ def choose(config: dict, rows, cols, values, shape, explicit: set, seed: int = 0
         m, n = (int(s) for s in shape)
     except (TypeError, ValueError):
         raise ValueError(f"shape: expected (n_rows, n_cols), got {shape!r}") from None
-    rows, cols, values = _as_tensors(rows, cols, values)
+    rows, cols, values = _as_tensors(rows, cols, values, (m, n))
     budget = DEFAULT_BUDGET_S if budget_s is None else float(budget_s)
     if not budget > 0:
         raise ValueError(f"budget_s: expected a positive number of seconds or None, got {budget_s!r}")
@@ -646,7 +649,7 @@ def fit_tuned(rows, cols, values, shape, seed: int = 0, budget_s: Optional[float
         report["fit_kwargs_used"] = {k: v for k, v in fit_kw.items() if k != "tune"}
         report["blend"] = {"used": False, "reason": "blend=False"}
         if blend:
-            r, c, v = _as_tensors(rows, cols, values)
+            r, c, v = _as_tensors(rows, cols, values, tuple(shape))
             clip = ctor.get("clip")
             w, report["blend"] = _blend_weights(res, r, c, v, tuple(shape), clip, seed)
             if w is not None:
