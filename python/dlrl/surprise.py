@@ -8,8 +8,11 @@
 predictions clipped to the trainset's rating scale, the way ``dlrl.tuning.fit_tuned`` fits
 ratings: unless parameters are given (or ``tune=False``), they are chosen by
 ``dlrl.tuning.choose`` on validation parts of the trainset's ratings, then
-``dlrl.tuning.MEMBERS`` fits with different seeds are averaged (``members=1``: one fit). ``estimate(u, i)`` reads the completed matrix; unknown users / items raise
-``PredictionImpossible`` (Surprise then predicts its global mean).
+``dlrl.tuning.MEMBERS`` fits with different seeds are averaged (``members=1``: one fit) and,
+where the blend wins on the same validation ratings, blended with item–item and user–user
+neighbourhood models (``blend=False``: DLRL alone; ``dlrl.tuning.fit_tuned``). ``estimate(u, i)``
+reads the completed matrix; unknown users / items raise ``PredictionImpossible`` (Surprise then
+predicts its global mean).
 """
 from __future__ import annotations
 
@@ -28,7 +31,8 @@ class DLRLAlgo(AlgoBase):
     """DLRL as a Surprise prediction algorithm.
 
     Keyword arguments are DLRL constructor arguments (rank, blocks, p, bias, weight_decay, ...)
-    or fit arguments (epochs, lr, patience), or ``members`` (fits averaged); the ones given are
+    or fit arguments (epochs, lr, patience), or ``members`` (fits averaged) / ``blend`` (the
+    neighbourhood blend, on by default); the ones given are
     kept, the rest tuned unless ``tune=False``. ``seed`` draws the init and the validation part; ``budget_s`` caps the search.
     """
 
