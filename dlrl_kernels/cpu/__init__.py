@@ -23,6 +23,8 @@ float32 or float64 of one dtype, all contiguous on the CPU):
 - ``chain_loss``, ``published_forward`` / ``published_backward``: see their docstrings
 - ``eta_gram(G0, G1, G2, c, eta, lo, hi)`` → (S, t) and ``eta_grad(gS, G1, G2, t, eta, lo, hi)``
   → ∂J/∂η: the model's per-epoch gram S(η) and η's adjoint through it (the autograd-free step)
+- ``spectral_power_forward`` / ``spectral_power_backward``: ``block_power``'s eigh route with the
+  spectral normaliser around torch's eigh (see their docstrings)
 - ``plateau_step(J, lr, best, bad, stopped, factor, patience, min_lr, adam_lr)``: one epoch of the
   fit's plateau schedule on its state tensors, in place (``dlrl.model._Plateau``)
 
@@ -47,7 +49,7 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("sparse_cpu.c")
-ABI = 9
+ABI = 10
 #: ranks up to this get a build specialised for their d (see sparse_cpu.c); others the generic one
 MAX_SPECIAL_D = 128
 #: below this many entries one thread does everything (thread hand-off costs ~50 µs)
@@ -168,8 +170,13 @@ def _build(d: int = 0) -> tuple[object, str]:
                                                        ctypes.c_double, ptr, *([ptr] if f == "eta_gram" else [])]
         getattr(so, f"dlrl_plateau_step_{suf}").argtypes = [ptr, ptr, ptr, ptr, ptr, ctypes.c_double, i64,
                                                             ctypes.c_double, ptr]
+        getattr(so, f"dlrl_spd_sym_{suf}").argtypes = [i64, i64, ptr, ptr]
+        getattr(so, f"dlrl_spd_fwd_{suf}").argtypes = [i64, i64, ptr, ptr, ptr, ctypes.c_double, ptr, ptr, ptr, ptr]
+        getattr(so, f"dlrl_spd_bwd_{suf}").argtypes = [i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ctypes.c_double,
+                                                       ptr]
+        getattr(so, f"dlrl_spd_bwd_{suf}").restype = ctypes.c_int
         for f in ("residual", "grad_rows", "grad_cols", "loss_grad", "chain_cols_fwd", "chain_mid_fwd", "pub_power",
-                  "pub_pinv", "eta_gram", "eta_grad", "plateau_step"):
+                  "pub_pinv", "eta_gram", "eta_grad", "plateau_step", "spd_sym", "spd_fwd"):
             getattr(so, f"dlrl_{f}_{suf}").restype = None
         for f in ("chain_rows", "chain_cols_bwd", "chain_mid_bwd", "pub_backward"):
             getattr(so, f"dlrl_{f}_{suf}").restype = ctypes.c_int
@@ -648,3 +655,60 @@ def plateau_step(J, lr, best, bad, stopped, factor, patience, min_lr, adam_lr=No
         fn = _state[("plateau", J.dtype)] = getattr(_require(0), f"dlrl_plateau_step_{_suffix(J)}")
     fn(J.data_ptr(), lr.data_ptr(), best.data_ptr(), bad.data_ptr(), stopped.data_ptr(), float(factor), int(patience),
        float(min_lr), 0 if adam_lr is None else adam_lr.data_ptr())
+
+
+# ----------------------------------------------------------------------------- paper operator
+def _spd_fns(d, dtype):
+    key = ("spd", int(d), dtype)
+    fns = _state.get(key)
+    if fns is None:
+        lib, suf = _require(d), _suffix(dtype)
+        fns = _state[key] = tuple(getattr(lib, f"dlrl_spd_{f}_{suf}") for f in ("sym", "fwd", "bwd"))
+    return fns
+
+
+def _exponents(a, I):
+    """One exponent per matrix as a C double array (``a``: 1 or I numbers)."""
+    a = [float(x) for x in a]
+    if len(a) not in (1, I):
+        raise ValueError(f"a: expected 1 or {I} exponents, got {len(a)}")
+    return (ctypes.c_double * I)(*(a * I if len(a) == 1 else a))
+
+
+def spectral_power_forward(S, a, rtol):
+    """(N, c, v, λ, Q) of ``block_power``'s eigh route with the spectral normaliser (ops/
+    lowrank_block.py; its torch code is the twin) for S (I, d, d) and exponents ``a`` (1 or I):
+    B = sym(S) in C, B = Q diag(λ) Qᵀ by torch.linalg.eigh, then N = Q f(λ) Qᵀ / c with
+    c = λ_max^a, the top vector v and Q row-major in C. ``rtol``: the range threshold."""
+    if S.dim() != 3 or S.shape[-1] != S.shape[-2]:
+        raise ValueError(f"S: expected (I, d, d), got {tuple(S.shape)}")
+    S = S.contiguous()
+    I, d = S.shape[0], S.shape[-1]
+    sym_f, fwd_f, _ = _spd_fns(d, S.dtype)
+    e = _exponents(a, I)
+    B = torch.empty_like(S)
+    sym_f(I, d, S.data_ptr(), B.data_ptr())
+    lam, Q = torch.linalg.eigh(B)
+    QT = Q.transpose(-1, -2)  # LAPACK's column-major Q: its transpose (the eigenvectors as rows) is contiguous
+    if not QT.is_contiguous():
+        QT = QT.contiguous()
+    lam = lam.contiguous()
+    N, Qr = torch.empty_like(S), torch.empty_like(S)
+    c, v = S.new_empty(I), S.new_empty(I, d)
+    fwd_f(I, d, lam.data_ptr(), QT.data_ptr(), e, float(rtol), N.data_ptr(), c.data_ptr(), v.data_ptr(), Qr.data_ptr())
+    return N, c, v, lam, Qr
+
+
+def spectral_power_backward(gN, N, c, v, lam, Q, a, rtol):
+    """∂L/∂S of ``spectral_power_forward`` for ∂L/∂N (its saved N, c, v, λ, Q)."""
+    I, d = N.shape[0], N.shape[-1]
+    gN, N, c, v, lam, Q = (t.contiguous() for t in (gN, N, c, v, lam, Q))
+    for name, t, shape in (("gN", gN, N.shape), ("c", c, (I,)), ("v", v, (I, d)), ("lam", lam, (I, d)),
+                           ("Q", Q, N.shape)):
+        if t.shape != shape or t.dtype != N.dtype or not t.is_cpu:
+            raise ValueError(f"{name}: expected a CPU {N.dtype} tensor of shape {tuple(shape)}, got {t.dtype} "
+                             f"{tuple(t.shape)} on {t.device}")
+    gS = torch.empty_like(N)
+    _ok(_spd_fns(d, N.dtype)[2](I, d, gN.data_ptr(), N.data_ptr(), c.data_ptr(), v.data_ptr(), lam.data_ptr(),
+                                Q.data_ptr(), _exponents(a, I), float(rtol), gS.data_ptr()), "spectral_power_backward")
+    return gS

@@ -61,12 +61,33 @@ def _triton_impl():
     return types.SimpleNamespace(newton_power=k.newton_power, newton_power_backward=k.newton_power_backward)
 
 
+def _cpu_impl():
+    """The native CPU kernels for the eigh route with the spectral normaliser (the d×d arithmetic
+    around torch's eigh: ~75 small torch ops an epoch at d = 20, ``cpu.spectral_power_*``); the
+    Newton route stays the reference's."""
+    cpu = _dispatch.native_module()
+    return types.SimpleNamespace(newton_power=newton_power, newton_power_backward=newton_power_backward,
+                                 spectral_forward=cpu.spectral_power_forward,
+                                 spectral_backward=cpu.spectral_power_backward)
+
+
 TABLE = _dispatch.OpTable(
     "lowrank_block",
     ("newton_power", "newton_power_backward"),
     reference=lambda: types.SimpleNamespace(newton_power=newton_power, newton_power_backward=newton_power_backward),
     triton=_triton_impl,
+    cpu=_cpu_impl,
 )
+
+
+def _native_spectral(impl, method, normalize, S, *more):
+    """Whether ``block_power`` runs the native kernels: backend "cpu", the eigh route, the spectral
+    normaliser, a batch (I, d, d) on the CPU, and plain tensors (anything else: the torch code,
+    their twin). The last condition is for the backward, which AOTAutograd traces with fake /
+    functional tensors whose data the kernels cannot read: a compiled step's backward is the
+    twin's ops, the forward stays the opaque op's (native at run time)."""
+    return (impl == "cpu" and method == "eigh" and normalize == "spectral" and S.dim() == 3 and S.is_cpu
+            and not torch.compiler.is_compiling() and all(type(t) is Tensor for t in (S, *more)))
 
 
 # ----------------------------------------------------------------------------- the op
@@ -136,6 +157,8 @@ def _block_power_impl(S: Tensor, a: List[float], normalize: str, method: str, rt
     (``a`` of length 1 or S.shape[0]). v: top vector ("spectral"), λ/Q: the eigh route's
     decomposition (empty on the Newton route) — saved for the backward."""
     fn = TABLE.load(impl)
+    if _native_spectral(impl, method, normalize, S):
+        return fn.spectral_forward(S, a, default_rtol(S) if rtol is None else rtol)
     nz = None if normalize == "none" else normalize
     eigh = method == "eigh"
     groups = _groups(a, S.shape[0] if S.dim() > 2 else 1)
@@ -182,6 +205,10 @@ def _backward(ctx, gN, gc, gv, glam, gQ):
     S, N, c, v, lam, Q = ctx.saved_tensors
     if gN is None:  # only N is differentiated (c, v, λ, Q are saved for the backward)
         return None, None, None, None, None, None
+    if _native_spectral(ctx.impl, ctx.method, ctx.normalize, S, gN, N):
+        gS = TABLE.load("cpu").spectral_backward(gN, N, c, v, lam, Q, ctx.a,
+                                                  default_rtol(S) if ctx.rtol is None else ctx.rtol)
+        return gS, None, None, None, None, None
     cc = c[..., None, None]
     gP = gN / cc
     if ctx.normalize != "none":
