@@ -49,7 +49,7 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("sparse_cpu.c")
-ABI = 10
+ABI = 11
 #: ranks up to this get a build specialised for their d (see sparse_cpu.c); others the generic one
 MAX_SPECIAL_D = 128
 #: below this many entries one thread does everything (thread hand-off costs ~50 µs)
@@ -163,7 +163,7 @@ def _build(d: int = 0) -> tuple[object, str]:
         getattr(so, f"dlrl_chain_mid_bwd_{suf}").argtypes = [i64, i64, ptr, ptr, ptr, ctypes.c_int, ptr, ptr, ptr, ptr,
                                                              ptr, ptr]
         getattr(so, f"dlrl_pub_power_{suf}").argtypes = [i64, i64, ptr, ptr, ptr]
-        getattr(so, f"dlrl_pub_pinv_{suf}").argtypes = [i64, i64, ptr, ptr, ctypes.c_double, ptr, ptr]
+        getattr(so, f"dlrl_pub_pinv_{suf}").argtypes = [i64, i64, ptr, ptr, ctypes.c_double, ptr, ptr, ptr]
         getattr(so, f"dlrl_pub_backward_{suf}").argtypes = [i64, i64, ptr, ptr, ptr, ptr, ptr, ptr]
         for f in ("eta_gram", "eta_grad"):
             getattr(so, f"dlrl_{f}_{suf}").argtypes = [i64, i64, ptr, ptr, ptr, ptr, ptr, ctypes.c_double,
@@ -560,11 +560,14 @@ def published_forward(S, expo, rtol):
     G = torch.empty_like(S)
     getattr(lib, f"dlrl_pub_power_{suf}")(I, d, S.data_ptr(), e.data_ptr(), G.data_ptr())
     lam, Q = torch.linalg.eigh(G)
-    Q = Q.contiguous()  # LAPACK returns the eigenvectors column-major
-    M = torch.empty_like(S)
+    QT = Q.transpose(-1, -2)  # LAPACK's column-major Q: its transpose (the eigenvectors as rows) is contiguous
+    if not QT.is_contiguous():
+        QT = QT.contiguous()
+    M, Qr = torch.empty_like(S), torch.empty_like(S)  # (the kernel writes Q row-major: no torch copy)
     inv = torch.empty_like(lam)
-    getattr(lib, f"dlrl_pub_pinv_{suf}")(I, d, Q.data_ptr(), lam.data_ptr(), float(rtol), M.data_ptr(), inv.data_ptr())
-    return M, Q, inv
+    getattr(lib, f"dlrl_pub_pinv_{suf}")(I, d, QT.data_ptr(), lam.contiguous().data_ptr(), float(rtol), M.data_ptr(),
+                                         inv.data_ptr(), Qr.data_ptr())
+    return M, Qr, inv
 
 
 def published_backward(S, expo, Q, inv, gM):

@@ -432,8 +432,9 @@ DLRL_MID(double, f64)
 /* The published code's block operator without its eigen-decomposition (ops/pinv.py,
  * ``published_operator``; the eigh in between is LAPACK's, through torch), for I matrices d x d:
  *   pub_power:  st_k = 0.002 max_i |S_k,ii|,  G_k = 0.5 (S_k + st_k)^(e_k) elementwise
- *   pub_pinv:   from G_k = Q diag(lam) Q^T: inv_i = 1/lam_i where |lam_i| > rtol max|lam|, else 0;
- *               M_k = 0.5 Q diag(inv) Q^T
+ *   pub_pinv:   from G_k = Q diag(lam) Q^T (QT: the eigenvectors as rows, i.e. eigh's column-major
+ *               Q as it lies): inv_i = 1/lam_i where |lam_i| > rtol max|lam|, else 0;
+ *               M_k = 0.5 Q diag(inv) Q^T; Q also written row-major (what the backward reads)
  *   pub_backward: gG = Q [ -inv_i inv_j g_ij + (c_i inv_j^2 + inv_i^2 c_j) g_ji ] Q^T with
  *               g = Q^T (0.5 gM) Q and c_i = [lam_i cut] (Golub-Pereyra in G's eigenbasis);
  *               gB = 0.5 gG e B^(e-1) (0 where e = 0), B = S + st; the shift's adjoint
@@ -458,12 +459,14 @@ DLRL_MID(double, f64)
             for (int64_t i = 0; i < dd; ++i) G[k * dd + i] = (T)0.5 * POW(s[i] + st, e);       \
         }                                                                                       \
     }                                                                                           \
-    void dlrl_pub_pinv_##SUF(int64_t I, int64_t d_, const T *restrict Q, const T *restrict lam, \
-                             double rtol, T *restrict M, T *restrict inv) {                      \
+    void dlrl_pub_pinv_##SUF(int64_t I, int64_t d_, const T *restrict QT, const T *restrict lam,\
+                             double rtol, T *restrict M, T *restrict inv, T *restrict Q) {       \
         const int64_t d = DIM(d_), dd = d * d;                                                  \
         for (int64_t k = 0; k < I; ++k) {                                                       \
-            const T *q = Q + k * dd, *l = lam + k * d;                                          \
+            const T *qt = QT + k * dd, *l = lam + k * d;                                        \
             T *iv = inv + k * d, *mk = M + k * dd;                                              \
+            for (int64_t i = 0; i < d; ++i)                                                     \
+                for (int64_t t = 0; t < d; ++t) Q[k * dd + i * d + t] = qt[t * d + i];          \
             T mx = 0;                                                                           \
             for (int64_t i = 0; i < d; ++i) {                                                   \
                 const T a = l[i] < 0 ? -l[i] : l[i];                                            \
@@ -474,14 +477,15 @@ DLRL_MID(double, f64)
                 const T a = l[i] < 0 ? -l[i] : l[i];                                            \
                 iv[i] = a > cut ? (T)1 / l[i] : (T)0;                                           \
             }                                                                                   \
-            /* M = 0.5 sum_t inv_t q_t q_t^T  (q_t: column t of Q) */                          \
+            /* M = 0.5 sum_t inv_t q_t q_t^T  (q_t: column t of Q = row t of QT) */            \
             for (int64_t i = 0; i < dd; ++i) mk[i] = 0;                                         \
             for (int64_t i = 0; i < d; ++i)                                                     \
                 for (int64_t t = 0; t < d; ++t) {                                               \
-                    const T a = (T)0.5 * q[i * d + t] * iv[t];                                  \
+                    const T a = (T)0.5 * qt[t * d + i] * iv[t];                                 \
                     if (a == 0) continue;                                                       \
                     T *restrict row = mk + i * d;                                               \
-                    for (int64_t j = 0; j < d; ++j) row[j] += a * q[j * d + t];                 \
+                    const T *restrict e = qt + t * d;                                           \
+                    for (int64_t j = 0; j < d; ++j) row[j] += a * e[j];                         \
                 }                                                                               \
         }                                                                                       \
     }                                                                                           \
@@ -724,5 +728,5 @@ DLRL_PLATEAU(float, f32)
 DLRL_PLATEAU(double, f64)
 
 /* the ABI version the loader checks (bump on any signature change), and the d of this build */
-int dlrl_native_abi(void) { return 10; }
+int dlrl_native_abi(void) { return 11; }
 int dlrl_native_dim(void) { return DLRL_D; }
