@@ -212,9 +212,11 @@ def test_spd_power_newton_forward_and_backward(gen, dtype, a, d, record_property
         ):
             t, r = res["triton"][j][i], res["reference"][j][i]
             e_t, e_r = rel_err(t, exact[i]), rel_err(r, exact[i])
-            # below one unit of first-order noise (eps·amp) the two errors are independent
-            # rounding amplified by κ, and their ratio is heavy-tailed (seen up to 9×)
-            slack = max(base, eps(dtype) * amp)
+            # within first-order noise (a few eps·amp) the two errors are independent rounding
+            # amplified by κ, and their ratio is heavy-tailed (seen up to 9×; float64 backward,
+            # κ = 1e8, seed 831938053: triton 7.8·eps·κ vs reference 1.6·eps·κ), so the ratio
+            # is only held beyond d·eps·amp; a wrong product's error is O(1)
+            slack = max(base, d * eps(dtype) * amp)
             assert e_t <= 3 * e_r + slack, (what, i, e_t, e_r)
             assert rel_err(t, r) <= 4 * e_r + slack, (what, i, rel_err(t, r), e_r)
             assert e_t < base * amp, (what, i, e_t)
