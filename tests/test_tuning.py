@@ -264,3 +264,30 @@ def test_ratings_path_is_reachable_from_the_package():
     assert dlrl.tuning.fit_tuned is tuning.fit_tuned and dlrl.neighbors.ItemKNN is neighbors.ItemKNN
     with pytest.raises(AttributeError, match="no_such_name"):
         dlrl.no_such_name
+
+
+def test_choose_returns_validation_predictions_aligned_with_the_folds():
+    """``validation.pred`` lines up with the folds' validation entries, in fold order: its RMSE
+    against those entries' values is the chosen candidate's reported validation RMSE."""
+    r, c, v, shape = _ratings(seed=10)
+    res = choose(dict(FIXED, epochs=6, clip=(1.0, 5.0), weight_decay=5.0), r, c, v, shape,
+                 set(FIXED) | {"clip", "epochs", "weight_decay"}, seed=3, min_val=400)
+    folds, pred = res["validation"]["folds"], res["validation"]["pred"]
+    assert len(folds) > 1 and pred.device.type == "cpu"
+    target = torch.cat([v[vi] for _, vi in folds]).double()
+    assert math.isclose(math.sqrt(float(((pred - target) ** 2).mean())), res["report"]["chosen_val_rmse"],
+                        rel_tol=1e-12)
+
+
+def test_blend_skips_duplicate_pairs_and_partners_need_positive_penalties():
+    from dlrl.neighbors import ItemKNN
+
+    r, c, v, shape = _ratings(seed=11)
+    folds, val = _fake_search(v)
+    flat = torch.full((val.numel(),), float(v.mean()), dtype=torch.float64)
+    r2, c2, v2 = torch.cat([r, r[:1]]), torch.cat([c, c[:1]]), torch.cat([v, v[:1]])
+    w, info = tuning._blend_weights({"validation": {"folds": folds, "pred": flat}}, r2, c2, v2, shape, None, 0)
+    assert w is None and "duplicate" in info["reason"]
+    for name in ("reg_item", "reg_user"):
+        with pytest.raises(ValueError, match=name):
+            ItemKNN(**{name: 0.0})

@@ -565,7 +565,8 @@ def published_forward(S, expo, rtol):
         QT = QT.contiguous()
     M, Qr = torch.empty_like(S), torch.empty_like(S)  # (the kernel writes Q row-major: no torch copy)
     inv = torch.empty_like(lam)
-    getattr(lib, f"dlrl_pub_pinv_{suf}")(I, d, QT.data_ptr(), lam.contiguous().data_ptr(), float(rtol), M.data_ptr(),
+    lam = lam.contiguous()  # (bound: a temporary's pointer would dangle during the call)
+    getattr(lib, f"dlrl_pub_pinv_{suf}")(I, d, QT.data_ptr(), lam.data_ptr(), float(rtol), M.data_ptr(),
                                          inv.data_ptr(), Qr.data_ptr())
     return M, Qr, inv
 
@@ -593,7 +594,7 @@ def _eta_fn(name, d, dtype):
     return fn
 
 
-def _check_eta(G0, G1, G2, eta, name, x):
+def _check_eta(G0, G1, G2, eta, name, x, first="G0"):
     """Metadata the raw pointers rely on (no host sync): G0, G1, G2 contiguous (I, d, d) CPU tensors
     of one dtype, ``eta`` one element and ``x`` (named ``name``) I elements, alike. Called every
     epoch, so the common case is one expression; the loop only names the culprit."""
@@ -604,7 +605,7 @@ def _check_eta(G0, G1, G2, eta, name, x):
             and G0.is_contiguous() and G1.is_contiguous() and G2.is_contiguous() and x.is_contiguous()):
         return I, G0.shape[-1]
     shape = tuple(G0.shape) if G0.dim() == 3 else "(I, d, d)"
-    for nm, t, want in (("G0", G0, shape), ("G1", G1, shape), ("G2", G2, shape), ("eta", eta, None),
+    for nm, t, want in ((first, G0, shape), ("G1", G1, shape), ("G2", G2, shape), ("eta", eta, None),
                         (name, x, (I,))):
         if t.dtype != G0.dtype or not t.is_cpu or not t.is_contiguous():
             raise ValueError(f"{nm}: expected a contiguous CPU {G0.dtype} tensor, got {t.dtype} on {t.device}"
@@ -629,7 +630,7 @@ def eta_gram(G0, G1, G2, c, eta, lo, hi):
 def eta_grad(gS, G1, G2, t, eta, lo, hi):
     """∂J/∂η (shaped like η) for ∂J/∂S of ``eta_gram``'s S and its t: −Σ_k t_k ⟨∂S_k, G1_k +
     2t_k G2_k⟩ / η where lo ≤ η ≤ hi, else 0 (``DLRL._eta_grad``, its torch twin)."""
-    I, d = _check_eta(gS, G1, G2, eta, "t", t)
+    I, d = _check_eta(gS, G1, G2, eta, "t", t, first="gS")
     out = torch.empty_like(eta)
     _eta_fn("grad", d, gS.dtype)(I, d, gS.data_ptr(), G1.data_ptr(), G2.data_ptr(), t.data_ptr(), eta.data_ptr(),
                                  lo, hi, out.data_ptr())

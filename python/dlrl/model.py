@@ -697,7 +697,7 @@ class DLRL(nn.Module):
             import functools
 
             G0 = prep["G0"]
-            impl = functools.partial(impl, out=(torch.empty_like(G0), G0.new_empty(off)))
+            impl = functools.partial(impl, out=(torch.empty(G0.shape, dtype=G0.dtype), G0.new_empty(off)))
         return {"wide": wide, "act": act, "ops": self._operator_fn(prep["G0"]), "backend": be, "impl": impl,
                 "Ws": list(self.W), "eta": self._eta_fns(be == "cpu" and prep["G0"].device.type == "cpu"),
                 "grad_views": views}

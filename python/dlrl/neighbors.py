@@ -43,7 +43,8 @@ def fits(shape) -> bool:
 class ItemKNN:
     """Item–item neighbourhood model with baselines (module doc). ``fit(rows, cols, values,
     shape)`` then ``predict(rows, cols)``; unseen users / items get the baseline parts they
-    have (an unseen item has b_i = 0 and no similar items)."""
+    have (an unseen item has b_i = 0 and no similar items). CPU tensors: ids and values on
+    another device are brought to the CPU, predictions are CPU float64."""
 
     def __init__(self, k: int = 40, shrinkage: float = 100.0, reg_item: float = 10.0, reg_user: float = 15.0,
                  baseline_epochs: int = 10, clip=None):
@@ -51,8 +52,9 @@ class ItemKNN:
 
         self.k = _int_arg(k, "k", lo=1)
         self.shrinkage = _float_arg(shrinkage, "shrinkage", lo=0.0)
-        self.reg_item = _float_arg(reg_item, "reg_item", lo=0.0)
-        self.reg_user = _float_arg(reg_user, "reg_user", lo=0.0)
+        # > 0: a user or item without ratings gets bias 0 / (reg + 0)
+        self.reg_item = _float_arg(reg_item, "reg_item", lo=0.0, lo_open=True)
+        self.reg_user = _float_arg(reg_user, "reg_user", lo=0.0, lo_open=True)
         self.baseline_epochs = _int_arg(baseline_epochs, "baseline_epochs", lo=1)
         if clip is not None:
             lo, hi = (float(c) for c in clip)
@@ -78,7 +80,7 @@ class ItemKNN:
         if max(m, n) > MAX_ITEMS or m * n > MAX_CELLS:
             raise ValueError(f"shape: the dense neighbourhood models take at most {MAX_ITEMS} rows or columns and "
                              f"{MAX_CELLS:.0e} cells, got {m}×{n}")
-        rows, cols, values = _as_tensors(rows, cols, values, (m, n))
+        rows, cols, values = (t.cpu() for t in _as_tensors(rows, cols, values, (m, n)))
         if rows.numel() == 0:
             raise ValueError("values: expected at least one rating, got none")
         flat = rows * n + cols
@@ -137,9 +139,7 @@ class ItemKNN:
             return torch.zeros(n_out, dtype=torch.float64)
         items, resid = self._items[a:b], self._resid[a:b]
         # [rated, targets]: ρ is symmetric, so the rated items' rows hold every target's column
-        sim = self._sim.index_select(0, items)
-        if targets is not None:
-            sim = sim.index_select(1, targets)
+        sim = self._sim.index_select(0, items) if targets is None else self._sim[items[:, None], targets]
         if sim.shape[0] > self.k:
             sim, idx = sim.topk(self.k, dim=0)
             resid = resid[idx]
@@ -159,7 +159,8 @@ class ItemKNN:
 
         if self.shape is None:
             raise RuntimeError("predict: call fit() first")
-        rows, cols = _index_tensor(rows, "rows", shape[0]), _index_tensor(cols, "cols", shape[1])
+        rows = _index_tensor(torch.as_tensor(rows).cpu(), "rows", shape[0])
+        cols = _index_tensor(torch.as_tensor(cols).cpu(), "cols", shape[1])
         if rows.numel() != cols.numel():
             raise ValueError(f"rows/cols: expected the same length, got {rows.numel()} and {cols.numel()}")
         return rows, cols

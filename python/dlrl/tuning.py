@@ -348,7 +348,7 @@ def choose(config: dict, rows, cols, values, shape, explicit: set, seed: int = 0
         sq = torch.cat(sq)
         rec = {"params": dict(cand), "val_rmse": math.sqrt(float(sq.mean())),
                "best_epoch": int(sorted(best_epochs)[len(best_epochs) // 2]), "epochs_run": runs,
-               "seconds": time.perf_counter() - t, "_sq": sq, "_pred": torch.cat(preds)}
+               "seconds": time.perf_counter() - t, "_sq": sq, "_pred": torch.cat(preds).cpu()}
         report["candidates"].append(rec)
         return rec
 
@@ -534,22 +534,26 @@ class Blend:
     def fit_seconds(self):
         return self.model.fit_seconds
 
-    def _combine(self, parts, dtype):
-        w = self.weights
-        out = w[-1] + sum(wk * p.double() for wk, p in zip(w[:-1].tolist(), parts))
+    def _combine(self, d, partner_out):
+        """w_0·d + Σ w_k·partner_k + b, clipped, on d's device and in d's dtype (one float64
+        accumulator: at m×n sizes the temporaries of a plain sum would double the memory)."""
+        w = self.weights.tolist()
+        out = d.double().mul_(w[0]).add_(w[-1])
+        for wk, p in zip(w[1:-1], self.partners):
+            out.add_(partner_out(p).to(out.device), alpha=wk)
         if self.clip is not None:
-            out = out.clamp(*self.clip)
-        return out.to(dtype)
+            out.clamp_(*self.clip)
+        return out.to(d.dtype)
 
     @torch.no_grad()
     def predict(self, rows, cols):
         d = self.model.predict(rows, cols)
-        return self._combine([d] + [p.predict(rows, cols) for p in self.partners], d.dtype)
+        rows, cols = torch.as_tensor(rows).cpu(), torch.as_tensor(cols).cpu()  # the partners are CPU models
+        return self._combine(d, lambda p: p.predict(rows, cols))
 
     @torch.no_grad()
     def complete(self, *args, **kwargs):
-        d = self.model.complete(*args, **kwargs)
-        return self._combine([d] + [p.complete().to(d.device) for p in self.partners], d.dtype)
+        return self._combine(self.model.complete(*args, **kwargs), lambda p: p.complete())
 
 
 def _blend_weights(res, rows, cols, values, shape, clip, seed, z: float = SELECT_Z):
@@ -559,7 +563,14 @@ def _blend_weights(res, rows, cols, values, shape, clip, seed, z: float = SELECT
     weights are least squares with an intercept. The blend is taken only if it wins by the
     selection rule (``better``, ``z`` paired standard errors) with its errors measured out of
     sample: weights fitted on one random half of the validation entries, scored on the other,
-    and back. Returns (weights or None, report entry)."""
+    and back. Returns (weights or None, report entry).
+
+    Known biases, accepted: the DLRL validation predictions are one fit's, early-stopped on those
+    same entries (slightly optimistic), while the weights are then applied to the average of
+    ``MEMBERS`` fits, whose predictions vary less — so DLRL's weight is, if anything, low. The
+    partners' fits are not counted against the search's ``budget_s`` (≈ 1–3 s on ML-100K; a few
+    seconds per fold at MAX_ITEMS).
+    """
     from .neighbors import PARTNERS, fits
 
     val = res.get("validation") or {}
@@ -568,6 +579,11 @@ def _blend_weights(res, rows, cols, values, shape, clip, seed, z: float = SELECT
         return None, {"used": False, "reason": "no validation predictions (nothing was searched)"}
     if not fits(shape):
         return None, {"used": False, "reason": f"{shape[0]}×{shape[1]} is beyond the dense neighbourhood models"}
+    rows, cols, values = rows.cpu(), cols.cpu(), values.cpu()
+    flat = rows * int(shape[1]) + cols
+    if torch.unique(flat).numel() != flat.numel():
+        return None, {"used": False, "reason": "duplicate (row, col) entries: the neighbourhood models need one "
+                                               "rating per pair"}
     t0 = time.perf_counter()
     feats, ys = [], []
     for f, v in val["folds"]:
