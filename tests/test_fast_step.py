@@ -169,6 +169,19 @@ def test_manual_step_without_autograd_matches_autograd(gen, monkeypatch, mode, b
     params = [p for p in model.parameters() if p.requires_grad]
     for p in params:
         p.grad = None
+    # record ∂S and t of the step's ∂η (for the rounding scale of η's check below)
+    seen = {}
+    fns = model._eta_fns
+
+    def recording(native):
+        gram, eta_grad = fns(native)
+
+        def rec(gS, prep, t, *rest):
+            seen.update(gS=gS.clone(), G1=prep["G1"], G2=prep["G2"], t=t.reshape(-1).clone())
+            return eta_grad(gS, prep, t, *rest)
+        return gram, rec
+
+    monkeypatch.setattr(model, "_eta_fns", recording)
     try:
         J = model._manual_step(obs, obs.nnz)
     except FloatingPointError:  # the published operator's documented failure: the same on both routes
@@ -187,7 +200,15 @@ def test_manual_step_without_autograd_matches_autograd(gen, monkeypatch, mode, b
     auto = [J2.detach()] + [p.grad for p in params]
     names = ["J"] + [n for n, p in model.named_parameters() if p.requires_grad]
     for name, a, b in zip(names, manual, auto):
-        err = float((a - b).abs().max()) / max(float(b.abs().max()), 1e-300)
+        scale = float(b.abs().max())
+        if name == "eta" and seen:
+            # ∂η = −Σ_k t_k ⟨∂S_k, G1_k + 2t_k G2_k⟩ / η sums I·d² products that cancel, added in
+            # other orders by the native kernel and by autograd: compare relative to the sum of
+            # their magnitudes (relative to |∂η| itself the rounding reached 7.5e-9, seed 473972696)
+            t = seen["t"][:, None, None]
+            scale = float((t.abs() * (seen["gS"] * (seen["G1"] + 2 * t * seen["G2"])).abs()).sum()
+                          / model.eta.detach().abs().clamp_min(1e-3))
+        err = float((a - b).abs().max()) / max(scale, 1e-300)
         assert err < 1e-11 or float(b.abs().max()) == 0.0 and float(a.abs().max()) == 0.0, f"{name}: {err:.2e}"
     if eta is not None:
         assert float(model.eta.grad) == 0.0

@@ -65,3 +65,21 @@ def test_native_backward_is_the_derivative():
     for a in ([0.5], [0.3, 0.5]):
         f = lambda X: block_power(0.5 * (X + X.transpose(-1, -2)), a, "spectral", "eigh", None, "cpu")[0]
         assert torch.autograd.gradcheck(f, (S.clone().requires_grad_(),))
+
+
+def test_double_backward_takes_the_differentiable_twin():
+    """create_graph=True (a double backward) on the native route: the second derivative equals
+    the torch twin's (the native kernel's result has no graph; a silent zero is the failure)."""
+    from dlrl_kernels.ops.lowrank_block import block_power
+
+    S, gN = _spd(2, 2, 5, torch.float64)
+    out = {}
+    for be in ("cpu", "reference"):
+        X = S.clone().requires_grad_()
+        N = block_power(0.5 * (X + X.transpose(-1, -2)), [0.5], "spectral", "eigh", None, be)[0]
+        (g,) = torch.autograd.grad((N * gN).sum(), X, create_graph=True)
+        (h,) = torch.autograd.grad((g * g).sum(), X)
+        out[be] = (g.detach(), h)
+    torch.testing.assert_close(out["cpu"][0], out["reference"][0])
+    torch.testing.assert_close(out["cpu"][1], out["reference"][1])
+    assert float(out["cpu"][1].abs().max()) > 0

@@ -205,7 +205,9 @@ def _backward(ctx, gN, gc, gv, glam, gQ):
     S, N, c, v, lam, Q = ctx.saved_tensors
     if gN is None:  # only N is differentiated (c, v, λ, Q are saved for the backward)
         return None, None, None, None, None, None
-    if _native_spectral(ctx.impl, ctx.method, ctx.normalize, S, gN, N):
+    # grad mode on inside a backward = create_graph (a double backward): the native kernel's
+    # result has no graph, so the twin's differentiable ops run instead
+    if not torch.is_grad_enabled() and _native_spectral(ctx.impl, ctx.method, ctx.normalize, S, gN, N):
         gS = TABLE.load("cpu").spectral_backward(gN, N, c, v, lam, Q, ctx.a,
                                                   default_rtol(S) if ctx.rtol is None else ctx.rtol)
         return gS, None, None, None, None, None
