@@ -191,3 +191,22 @@ def test_native_plateau_step_makes_the_torch_schedules_decisions(dtype, lr, fact
     c.load_state_dict(sd)
     c.step(torch.tensor(0.5, dtype=dtype))
     assert torch.equal(sd["best"], a.best), "a loaded schedule's steps must not write into the state dict"
+
+
+def test_reference_backend_keeps_the_plateau_schedule_in_torch():
+    """backend='reference' runs no native code for the schedule either (the default CPU backend does)."""
+    from dlrl import DLRL
+
+    g = torch.Generator().manual_seed(_seed())
+    r, c = torch.randint(0, 9, (40,), generator=g), torch.randint(0, 7, (40,), generator=g)
+    keep = torch.unique(r * 7 + c)
+    r, c = keep // 7, keep % 7
+    v = torch.rand(r.numel(), generator=g) * 4 + 1
+    for backend, native in (("reference", False), ("auto", None)):
+        model = DLRL((9, 7), rank=3, backend=backend)
+        model.fit(rows=r, cols=c, values=v, epochs=2, progress=False, tune=False)
+        if native is None:
+            from dlrl_kernels import _dispatch
+
+            native = model.backend_used == "cpu" and _dispatch.native_status()[0]
+        assert model._sched.native is native, (backend, model.backend_used)

@@ -1330,7 +1330,9 @@ class DLRL(nn.Module):
                             weight_decay=weight_decay)
         else:
             opt = torch.optim.Adam(params, lr=lr, betas=betas, weight_decay=weight_decay)
-        sched = _Plateau(lr, lr_factor, patience, min_lr_ratio * lr, dev)
+        # the native bookkeeping only with the native kernels (backend='reference' keeps torch throughout)
+        sched = _Plateau(lr, lr_factor, patience, min_lr_ratio * lr, dev,
+                         native=None if self.backend_used == "cpu" else False)
         if state is not None and state.get("optimizer") is not None:
             opt.load_state_dict(state["optimizer"])
             if state.get("scheduler") is not None:
