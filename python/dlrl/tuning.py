@@ -449,7 +449,24 @@ def choose(config: dict, rows, cols, values, shape, explicit: set, seed: int = 0
             "validation": {"folds": folds, "pred": chosen_pred}}
 
 
-class SeedAverage:
+class _LeadFit:
+    """``config``, ``history`` and ``stop_reason`` of a combined predictor are its first DLRL
+    fit's (``members[0]``)."""
+
+    @property
+    def config(self):
+        return self.members[0].config
+
+    @property
+    def history(self):
+        return self.members[0].history
+
+    @property
+    def stop_reason(self):
+        return self.members[0].stop_reason
+
+
+class SeedAverage(_LeadFit):
     """The mean prediction of DLRL fits that differ only in their seed (``fit_tuned``).
 
     ``predict`` / ``complete`` average the members' (clipped) predictions; ``members`` holds
@@ -465,18 +482,6 @@ class SeedAverage:
 
     def __len__(self):
         return len(self.members)
-
-    @property
-    def config(self):
-        return self.members[0].config
-
-    @property
-    def history(self):
-        return self.members[0].history
-
-    @property
-    def stop_reason(self):
-        return self.members[0].stop_reason
 
     @property
     def fit_seconds(self):
@@ -497,7 +502,7 @@ class SeedAverage:
         return (out / len(self.members)).to(self.members[0].dtype)
 
 
-class Blend:
+class Blend(_LeadFit):
     """``w_0·DLRL + w_1·item-kNN + w_2·user-kNN + b``, clipped to ``clip``: the predictor
     ``fit_tuned`` returns when the blend wins on validation entries (``_blend_weights``).
     ``model`` is the DLRL part (:class:`dlrl.DLRL` or :class:`SeedAverage`); ``partners`` the
@@ -517,18 +522,6 @@ class Blend:
     @property
     def members(self):
         return getattr(self.model, "members", [self.model])
-
-    @property
-    def config(self):
-        return self.model.config
-
-    @property
-    def history(self):
-        return self.model.history
-
-    @property
-    def stop_reason(self):
-        return self.model.stop_reason
 
     @property
     def fit_seconds(self):
