@@ -361,20 +361,21 @@ def to_markdown(res):
             out.append(f"| {name} | {mask} | {r['dlrl']:.2f} | " + " | ".join(f"{d[s]:.2f}" for s in seeds) +
                        f" | {best:.2f} | {min(vals) - best:+.2f} |")
         out += ["", f"DLRL ≥ the better oracle-tuned Soft-Impute in {wins} of {total} (case, seed) runs."]
-    pt = res.get("outer_check_patience")
-    if pt:
-        ps = list(next(iter(pt.values())).keys())
-        out += ["", "#### Plateau patience, judged the same way (the 12-member default ensemble; outer-pixel PSNR in dB; "
-                    "`DLRL.fit`'s plateau schedule on the training loss cuts the lr ×0.1 after `patience` epochs without "
-                    "a better loss and stops after three cuts; paper mode's own patience is 5)", ""]
-        out += _table_with_mean("case", pt, ps, [f"patience {p}" for p in ps])
-    val = res.get("validation")
-    if val:
-        names = list(next(iter(val.values())).keys())
-        out += ["", "#### Validation table behind rank / blocks / biases (random mask; held-back fold 0, whole "
-                    "pixels, one fit on 4×4 patches unless said; 'default' = the previous default; validation PSNR in "
-                    "dB, higher is better; the truth is not used)", ""]
-        out += _table_with_mean("image", val, names, names)
+    # two sub-tables of the same form: {row: {column: PSNR}} under a heading, with a mean row
+    for key, first, title, label in (
+            ("outer_check_patience", "case",
+             "Plateau patience, judged the same way (the 12-member default ensemble; outer-pixel PSNR in dB; "
+             "`DLRL.fit`'s plateau schedule on the training loss cuts the lr ×0.1 after `patience` epochs without "
+             "a better loss and stops after three cuts; paper mode's own patience is 5)", "patience {}"),
+            ("validation", "image",
+             "Validation table behind rank / blocks / biases (random mask; held-back fold 0, whole "
+             "pixels, one fit on 4×4 patches unless said; 'default' = the previous default; validation PSNR in "
+             "dB, higher is better; the truth is not used)", "{}")):
+        table = res.get(key)
+        if table:
+            cols = list(next(iter(table.values())).keys())
+            out += ["", f"#### {title}", ""]
+            out += _table_with_mean(first, table, cols, [label.format(c) for c in cols])
     return "\n".join(out) + "\n"
 
 
